@@ -1,0 +1,121 @@
+"""What the engine reports while it trains. It reports; it does not store.
+
+``train(spec, on_event=...)`` calls back with these plain objects; the worker's
+recorder turns them into bulk database writes. Nothing here knows about Celery or SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# Columns of LayerStatsBatch.values, in order. Activation columns are NaN where a layer
+# has no activation or activations are not recorded.
+GRAD_STATS: tuple[str, ...] = (
+    "grad_norm",
+    "grad_mean",
+    "grad_std",
+    "grad_abs_max",
+    "grad_zero_frac",
+    "weight_norm",
+    "update_ratio",
+    "nan_count",
+    "inf_count",
+)
+ACT_STATS: tuple[str, ...] = (
+    "act_mean",
+    "act_std",
+    "act_saturation",
+    "preact_mean",
+    "preact_std",
+)
+STAT_NAMES: tuple[str, ...] = GRAD_STATS + ACT_STATS
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One trainable layer. ``index`` 0 is the layer nearest the input."""
+
+    index: int
+    name: str  # module path, e.g. "hidden.3.linear"
+    kind: str  # linear, conv1d, conv2d, batchnorm, layernorm, ...
+    params: int
+    shape: tuple[int, ...]  # weight shape
+    activation: str | None  # activation applied to this layer's output, if any
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    layers: list[LayerInfo]
+    device: str
+    precision: str
+    torch_threads: int
+    total_steps: int
+    steps_per_epoch: int
+    param_count: int
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Sent after every optimizer step (cheap: no tensor is read)."""
+
+    epoch: int  # 1-based
+    step: int  # global, 1-based
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class Histogram:
+    layer_index: int
+    step: int
+    lo: float
+    hi: float
+    counts: list[int]
+
+
+@dataclass(frozen=True)
+class LayerStatsBatch:
+    """Statistics of several telemetry steps, copied from the device in one transfer.
+
+    ``values[i, j, k]`` is statistic ``STAT_NAMES[k]`` of layer ``j`` at ``steps[i]``.
+    """
+
+    steps: np.ndarray  # int64, shape (n_steps,)
+    epochs: np.ndarray  # int64, shape (n_steps,)
+    values: np.ndarray  # float64, shape (n_steps, n_layers, len(STAT_NAMES))
+    histograms: list[Histogram] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    seconds: float  # wall time of this epoch's training steps
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    best_val_loss: float
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    stopped_early: bool
+    cancelled: bool
+    diverged: bool
+    seconds: float
+    device: str
+
+
+Event = RunStarted | StepProgress | LayerStatsBatch | EpochEnd
+EventSink = Callable[[Event], None]
+StopCheck = Callable[[], bool]
