@@ -208,7 +208,7 @@ class SpecLimits:
 
 
 def dataset_layout(spec: DataSpec, uploaded_ndim: int | None = None) -> str | None:
-    """"table", "seq" or "image"; None when an uploaded dataset's shape is not known."""
+    """ "table", "seq" or "image"; None when an uploaded dataset's shape is not known."""
     if not spec.is_uploaded:
         return BUILTIN_LAYOUT[spec.dataset]
     if uploaded_ndim is None:
@@ -280,8 +280,7 @@ def check_spec(
         issues.append(
             SpecIssue(
                 ("model", "arch"),
-                f"cnn needs signals or images; {data.dataset!r} is a table of features "
-                "(use mlp)",
+                f"cnn needs signals or images; {data.dataset!r} is a table of features (use mlp)",
             )
         )
     if data.noise is not None and not data.is_uploaded and data.dataset not in SYNTHETIC_DATASETS:

@@ -6,8 +6,8 @@ recorder turns them into bulk database writes. Nothing here knows about Celery o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
