@@ -1,0 +1,154 @@
+"""Celery tasks. ``train_job(job_id)``: load, mark running, run the engine, persist, finish.
+
+``run_job`` holds the logic without Celery, so tests can call it directly. A task
+delivered twice is harmless: only a ``queued`` job is claimed.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import threading
+import traceback
+from dataclasses import asdict
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings, get_settings
+from service.db import repository
+from service.db.session import make_engine
+from service.queue import TRAIN_TASK
+from service.specs import ExperimentSpec
+from worker.celery_app import app, configure_torch
+from worker.recorder import Recorder, SessionFactory
+
+logger = logging.getLogger(__name__)
+
+MAX_ERROR_CHARS = 8_000
+
+
+@lru_cache(maxsize=4)
+def _session_factory(url: str) -> sessionmaker[Session]:
+    # Created lazily in the process that uses it: never share a pool across a fork.
+    return sessionmaker(make_engine(url), expire_on_commit=False)
+
+
+class CancelWatcher:
+    """Polls the job's cancel flag off the training thread, so a step never waits on SQL."""
+
+    def __init__(self, session_factory: SessionFactory, job_id: str, interval_s: float) -> None:
+        self._session_factory = session_factory
+        self._job_id = job_id
+        self._interval_s = interval_s
+        self._requested = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name=f"cancel-{job_id}", daemon=True)
+
+    def __enter__(self) -> CancelWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def requested(self) -> bool:
+        return self._requested.is_set()
+
+    def _poll(self) -> None:
+        while not self._done.wait(self._interval_s):
+            try:
+                with self._session_factory() as session:
+                    if repository.is_cancel_requested(session=session, job_id=self._job_id):
+                        self._requested.set()
+                        return
+            except Exception:  # a transient DB error must not kill the job
+                logger.warning("cancel poll failed for job %s", self._job_id, exc_info=True)
+
+
+def _load_uploaded_arrays(
+    session_factory: SessionFactory, dataset_id: str
+) -> tuple[np.ndarray, np.ndarray]:
+    with session_factory() as session:
+        content = repository.get_dataset_content(session=session, dataset_id=dataset_id)
+    if content is None:
+        raise LookupError(f"dataset {dataset_id} no longer exists")
+    with np.load(io.BytesIO(content), allow_pickle=False) as archive:
+        return archive["x"], archive["y"]
+
+
+def _finish(
+    session_factory: SessionFactory,
+    job_id: str,
+    *,
+    status: str,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    with session_factory() as session, session.begin():
+        repository.finish_job(
+            session=session, job_id=job_id, status=status, result=result, error=error
+        )
+
+
+def run_job(
+    job_id: str,
+    *,
+    settings: Settings,
+    worker_name: str,
+    cancel_poll_s: float = 0.25,
+) -> str | None:
+    """Train one job end to end; return its final status (None if it was not claimable)."""
+    from worker.engine.loop import train  # torch loads here, in the worker process only
+
+    session_factory = _session_factory(settings.resolved_database_url)
+    with session_factory() as session, session.begin():
+        job = repository.claim_job(session=session, job_id=job_id, worker=worker_name)
+        spec_json = job.spec if job is not None else None
+    if spec_json is None:
+        logger.info("job %s is not queued any more; nothing to do", job_id)
+        return None
+
+    try:
+        spec = ExperimentSpec.model_validate(spec_json)
+        arrays = (
+            _load_uploaded_arrays(session_factory, spec.data.dataset)
+            if spec.data.is_uploaded
+            else None
+        )
+        with (
+            Recorder(session_factory, job_id) as recorder,
+            CancelWatcher(session_factory, job_id, cancel_poll_s) as watcher,
+        ):
+            result = train(
+                spec,
+                on_event=recorder.handle,
+                should_stop=watcher.requested,
+                cache_dir=settings.cache_dir,
+                arrays=arrays,
+                flush_every=settings.telemetry_flush_steps,
+            )
+        status = "cancelled" if result.cancelled else "succeeded"
+        summary = asdict(result) | {"layer_stat_rows": recorder.rows_written}
+        _finish(session_factory, job_id, status=status, result=summary)
+        logger.info("job %s %s: %s", job_id, status, summary)
+        return status
+    except BaseException as exc:
+        # Whatever happened, the job must not stay "running".
+        logger.exception("job %s failed", job_id)
+        text = "".join(traceback.format_exception_only(exc)).strip()
+        _finish(session_factory, job_id, status="failed", error=text[:MAX_ERROR_CHARS])
+        if not isinstance(exc, Exception):
+            raise
+        return "failed"
+
+
+@app.task(name=TRAIN_TASK, bind=True, acks_late=True, ignore_result=True)
+def train_job(self: Any, job_id: str) -> str | None:
+    configure_torch()
+    worker_name = str(self.request.hostname or socket.gethostname())
+    return run_job(job_id, settings=get_settings(), worker_name=worker_name)
