@@ -1,0 +1,174 @@
+"""ORM models: one table per stored concept, singular snake_case names.
+
+Float columns are double precision. PostgreSQL stores NaN and ±Infinity; SQLite stores
+±Infinity but turns NaN into NULL (the API then returns null), which is accepted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db.base import Base, UTCDateTime, utcnow
+
+JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+# Same names and order as worker.engine.events.STAT_NAMES (the service must not import
+# the worker; tests check that the two agree).
+LAYER_STAT_COLUMNS: tuple[str, ...] = (
+    "grad_norm",
+    "grad_mean",
+    "grad_std",
+    "grad_abs_max",
+    "grad_zero_frac",
+    "weight_norm",
+    "update_ratio",
+    "nan_count",
+    "inf_count",
+    "act_mean",
+    "act_std",
+    "act_saturation",
+    "preact_mean",
+    "preact_std",
+)
+
+
+def _job_fk() -> ForeignKey:
+    return ForeignKey("job.id", ondelete="CASCADE")
+
+
+class Job(Base):
+    __tablename__ = "job"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
+            name="status",
+        ),
+        Index("ix_job_status_created_at", "status", "created_at"),
+        Index("ix_job_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="", index=True)
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    queue: Mapped[str] = mapped_column(String(32))
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    epochs: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class JobTag(Base):
+    __tablename__ = "job_tag"
+
+    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class EpochMetric(Base):
+    __tablename__ = "epoch_metric"
+
+    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    train_loss: Mapped[float | None] = mapped_column(Double)
+    train_acc: Mapped[float | None] = mapped_column(Double)
+    val_loss: Mapped[float | None] = mapped_column(Double)
+    val_acc: Mapped[float | None] = mapped_column(Double)
+    lr: Mapped[float | None] = mapped_column(Double)
+    seconds: Mapped[float | None] = mapped_column(Double)
+
+
+class Layer(Base):
+    __tablename__ = "layer"
+
+    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
+    index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(64))
+    params: Mapped[int] = mapped_column(Integer)
+    shape: Mapped[list[int]] = mapped_column(JSON)
+    activation: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class LayerStat(Base):
+    """One row per layer and telemetry step; the primary key order serves range reads."""
+
+    __tablename__ = "layer_stat"
+
+    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
+    layer_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(Integer)
+    grad_norm: Mapped[float | None] = mapped_column(Double)
+    grad_mean: Mapped[float | None] = mapped_column(Double)
+    grad_std: Mapped[float | None] = mapped_column(Double)
+    grad_abs_max: Mapped[float | None] = mapped_column(Double)
+    grad_zero_frac: Mapped[float | None] = mapped_column(Double)
+    weight_norm: Mapped[float | None] = mapped_column(Double)
+    update_ratio: Mapped[float | None] = mapped_column(Double)
+    nan_count: Mapped[float | None] = mapped_column(Double)
+    inf_count: Mapped[float | None] = mapped_column(Double)
+    act_mean: Mapped[float | None] = mapped_column(Double)
+    act_std: Mapped[float | None] = mapped_column(Double)
+    act_saturation: Mapped[float | None] = mapped_column(Double)
+    preact_mean: Mapped[float | None] = mapped_column(Double)
+    preact_std: Mapped[float | None] = mapped_column(Double)
+
+
+class LayerHistogram(Base):
+    __tablename__ = "layer_histogram"
+
+    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
+    layer_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    lo: Mapped[float] = mapped_column(Double)
+    hi: Mapped[float] = mapped_column(Double)
+    counts: Mapped[list[int]] = mapped_column(JSON)
+
+
+class Dataset(Base):
+    """An uploaded dataset, stored as a normalized .npz (x float32, y int64)."""
+
+    __tablename__ = "dataset"
+
+    id: Mapped[str] = mapped_column(String(15), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    n_examples: Mapped[int] = mapped_column(Integer)
+    x_shape: Mapped[list[int]] = mapped_column(JSON)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    layout: Mapped[str] = mapped_column(String(16))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    # Deferred: listing datasets must not load their arrays.
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
