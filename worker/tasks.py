@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings, get_settings
 from service.db import repository
-from service.db.session import make_engine
+from service.db.session import make_engine, make_session_factory
 from service.queue import TRAIN_TASK
 from service.specs import ExperimentSpec
 from worker.celery_app import app, configure_torch
@@ -34,7 +34,7 @@ MAX_ERROR_CHARS = 8_000
 @lru_cache(maxsize=4)
 def _session_factory(url: str) -> sessionmaker[Session]:
     # Created lazily in the process that uses it: never share a pool across a fork.
-    return sessionmaker(make_engine(url), expire_on_commit=False)
+    return make_session_factory(make_engine(url))
 
 
 class CancelWatcher:

@@ -1,0 +1,92 @@
+"""A spec goes in over HTTP, a real Celery worker trains it, statistics come out."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import pytest
+
+from service.specs import EXAMPLE_SPEC
+from tests.integration.conftest import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+def _submit(stack: Stack, spec: dict[str, Any]) -> dict[str, Any]:
+    response = stack.client.post("/v1/jobs", json=spec)
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()
+    assert response.headers["location"].endswith(f"/v1/jobs/{job['id']}")
+    return job
+
+
+def test_design_example_trains_and_records_every_layer(stack: Stack) -> None:
+    job = _submit(stack, EXAMPLE_SPEC)
+    assert job["status"] == "queued"
+
+    seen_running = False
+    deadline = time.monotonic() + 240
+    while job["status"] not in {"succeeded", "failed", "cancelled"}:
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.1)
+        job = stack.client.get(f"/v1/jobs/{job['id']}").json()
+        seen_running |= job["status"] == "running"
+    assert job["status"] == "succeeded", (job["error"], stack.logs())
+    assert seen_running or job["started_at"] is not None
+    assert job["worker"]
+    assert job["progress"]["fraction"] == pytest.approx(1.0)
+    assert job["progress"]["epoch"] == job["progress"]["epochs"] == 2
+    assert 0.0 <= job["result"]["val_acc"] <= 1.0
+
+    metrics = stack.client.get(f"/v1/jobs/{job['id']}/metrics").json()
+    assert [row["epoch"] for row in metrics] == [1, 2]
+    assert all(row["seconds"] > 0 for row in metrics)
+
+    layers = stack.client.get(f"/v1/jobs/{job['id']}/layers").json()
+    weight_layers = [layer for layer in layers if layer["kind"] in {"linear", "output"}]
+    assert len(weight_layers) == 21  # 20 hidden layers + the output layer
+    assert [layer["index"] for layer in layers] == list(range(len(layers)))
+
+    gradients = stack.client.get(f"/v1/jobs/{job['id']}/gradients").json()
+    series = {s["layer_index"]: s["points"] for s in gradients["series"]}
+    assert set(series) == {layer["index"] for layer in layers}
+    total_steps = job["progress"]["total_steps"]
+    expected_steps = list(range(10, total_steps + 1, 10))
+    for points in series.values():
+        assert [p["step"] for p in points] == expected_steps
+    # The lesson this spec exists for: sigmoid gradients vanish towards the input.
+    first, last = series[0][-1]["grad_norm"], series[max(series) - 1][-1]["grad_norm"]
+    assert first < last / 100
+
+
+def test_training_error_fails_the_job_with_its_message(stack: Stack) -> None:
+    spec = copy.deepcopy(EXAMPLE_SPEC)
+    spec["train"]["device"] = "cuda"  # no GPU on the CI machines: training raises
+    spec["model"]["depth"] = 2
+    job = stack.wait_for(_submit(stack, spec)["id"], {"succeeded", "failed"})
+    if job["status"] == "succeeded":
+        pytest.skip("this machine has a CUDA device")
+    assert "cuda" in job["error"].lower()
+    assert job["finished_at"] is not None
+
+
+def test_cancel_stops_running_job(stack: Stack) -> None:
+    spec = copy.deepcopy(EXAMPLE_SPEC)
+    spec["model"]["depth"] = 4
+    spec["train"]["epochs"] = 500
+    job = _submit(stack, spec)
+    deadline = time.monotonic() + 120
+    while job["status"] != "running" or job["progress"]["step"] == 0:
+        assert time.monotonic() < deadline and job["status"] in {"queued", "running"}, job
+        time.sleep(0.1)
+        job = stack.client.get(f"/v1/jobs/{job['id']}").json()
+
+    response = stack.client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code in (200, 202), response.text
+    job = stack.wait_for(job["id"], {"cancelled", "failed", "succeeded"}, timeout=30)
+    assert job["status"] == "cancelled", job
+    assert job["result"]["cancelled"] is True
+    assert job["progress"]["step"] < job["progress"]["total_steps"]
+    assert stack.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
