@@ -11,16 +11,13 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
-from kombu import Queue
-
 from service.config import get_settings
-from service.queue import CPU_QUEUE, GPU_QUEUE, broker_config
+from service.queue import broker_config
 
 logger = logging.getLogger(__name__)
 
 app = Celery("trainlab", include=["worker.tasks"])
 app.conf.update(broker_config(get_settings()))
-app.conf.task_queues = (Queue(CPU_QUEUE), Queue(GPU_QUEUE))
 
 
 _torch_configured = False

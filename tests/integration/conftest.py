@@ -77,7 +77,7 @@ def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], log_dir: Pat
         for process in processes:
             if process.poll() is not None:
                 logs = "\n".join(p.read_text() for p in log_dir.glob("*.log"))
-                raise RuntimeError(f"{process.args} exited {process.returncode}:\n{logs}")
+                raise RuntimeError(f"{process.args!r} exited {process.returncode}:\n{logs}")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
@@ -109,7 +109,9 @@ def _share_cache(data_dir: Path, cache: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def embedded_stack(tmp_path_factory: pytest.TempPathFactory, mnist1d_cache: Path) -> Iterator[Stack]:
+def embedded_stack(
+    tmp_path_factory: pytest.TempPathFactory, mnist1d_cache: Path
+) -> Iterator[Stack]:
     """Exactly what the README's run command starts: ``trainlab up``."""
     root = tmp_path_factory.mktemp("embedded")
     data_dir, log_dir = root / "data", root / "logs"
