@@ -9,9 +9,22 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Row,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -263,3 +276,196 @@ def count_jobs_by_status(*, session: Session) -> dict[str, int]:
 
 def get_dataset_content(*, session: Session, dataset_id: str) -> bytes | None:
     return session.scalar(select(Dataset.content).where(Dataset.id == dataset_id))
+
+
+def list_datasets(*, session: Session, limit: int = 200) -> Sequence[Dataset]:
+    return session.scalars(
+        select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit)
+    ).all()
+
+
+def get_dataset(*, session: Session, dataset_id: str) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def create_dataset(
+    *,
+    session: Session,
+    name: str,
+    n_examples: int,
+    x_shape: Sequence[int],
+    num_classes: int,
+    layout: str,
+    content: bytes,
+) -> Dataset:
+    dataset = Dataset(
+        id="ds_" + uuid.uuid4().hex[:12],
+        name=name,
+        created_at=utcnow(),
+        n_examples=n_examples,
+        x_shape=list(x_shape),
+        num_classes=num_classes,
+        layout=layout,
+        size_bytes=len(content),
+        content=content,
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+# --- jobs: read side ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpecFilter:
+    """``path`` inside the stored spec equals ``value`` (None: the field is null)."""
+
+    path: tuple[str, ...]
+    value: str | int | float | bool | None
+
+
+@dataclass(frozen=True)
+class JobCursor:
+    created_at: datetime
+    job_id: str
+
+
+def _spec_condition(spec_filter: SpecFilter) -> ColumnElement[bool]:
+    # JSON path ops: JSON_EXTRACT on SQLite, #>> on PostgreSQL.
+    field = Job.spec[spec_filter.path]
+    value = spec_filter.value
+    condition: Any
+    if value is None:
+        condition = field.as_string().is_(None)
+    elif isinstance(value, bool):
+        condition = field.as_boolean() == value
+    elif isinstance(value, int):
+        condition = field.as_integer() == value
+    elif isinstance(value, float):
+        condition = field.as_float() == value
+    else:
+        condition = field.as_string() == value
+    return cast("ColumnElement[bool]", condition)
+
+
+def list_jobs(
+    *,
+    session: Session,
+    statuses: Sequence[str] = (),
+    tag: str | None = None,
+    name: str | None = None,
+    spec_filters: Sequence[SpecFilter] = (),
+    newest_first: bool = True,
+    after: JobCursor | None = None,
+    limit: int = 50,
+) -> Sequence[Job]:
+    """Keyset pagination on (created_at, id); ``after`` is the last row of the previous page."""
+    stmt = select(Job)
+    if statuses:
+        stmt = stmt.where(Job.status.in_(statuses))
+    if tag is not None:
+        stmt = stmt.where(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
+    if name is not None:
+        stmt = stmt.where(Job.name == name)
+    for spec_filter in spec_filters:
+        stmt = stmt.where(_spec_condition(spec_filter))
+    if after is not None:
+        if newest_first:
+            stmt = stmt.where(
+                or_(
+                    Job.created_at < after.created_at,
+                    and_(Job.created_at == after.created_at, Job.id < after.job_id),
+                )
+            )
+        else:
+            stmt = stmt.where(
+                or_(
+                    Job.created_at > after.created_at,
+                    and_(Job.created_at == after.created_at, Job.id > after.job_id),
+                )
+            )
+    order = (Job.created_at.desc(), Job.id.desc()) if newest_first else (Job.created_at, Job.id)
+    return session.scalars(stmt.order_by(*order).limit(limit)).all()
+
+
+def list_epoch_metrics(*, session: Session, job_id: str) -> Sequence[EpochMetric]:
+    return session.scalars(
+        select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
+    ).all()
+
+
+def list_layers(*, session: Session, job_id: str) -> Sequence[Layer]:
+    return session.scalars(select(Layer).where(Layer.job_id == job_id).order_by(Layer.index)).all()
+
+
+def list_layer_stats(
+    *,
+    session: Session,
+    job_id: str,
+    stats: Sequence[str],
+    layer_indexes: Sequence[int] | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    max_points: int = 500,
+) -> Sequence[Row[Any]]:
+    """Rows (layer_index, step, epoch, *stats), each layer's series strided in SQL.
+
+    A series of n > max_points rows keeps every s-th row, s = ceil((n-1)/(max_points-1)),
+    plus the last one, so it has at most ``max_points`` rows and keeps both ends.
+    """
+    if max_points < 2:
+        raise ValueError("max_points must be at least 2")
+    unknown = set(stats) - set(LAYER_STAT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown statistics: {sorted(unknown)}")
+    conditions: list[ColumnElement[bool]] = [LayerStat.job_id == job_id]
+    if layer_indexes is not None:
+        conditions.append(LayerStat.layer_index.in_(layer_indexes))
+    if from_step is not None:
+        conditions.append(LayerStat.step >= from_step)
+    if to_step is not None:
+        conditions.append(LayerStat.step <= to_step)
+    inner = (
+        select(
+            LayerStat.layer_index,
+            LayerStat.step,
+            LayerStat.epoch,
+            *(getattr(LayerStat, name) for name in stats),
+            func.row_number()
+            .over(partition_by=LayerStat.layer_index, order_by=LayerStat.step)
+            .label("rn"),
+            func.count().over(partition_by=LayerStat.layer_index).label("n"),
+        )
+        .where(*conditions)
+        .subquery()
+    )
+    rn, n = inner.c.rn, inner.c.n
+    stride = (n - 2) / (max_points - 1) + 1  # integer division on both backends
+    keep = or_(n <= max_points, (rn - 1) % stride == 0, rn == n)
+    stmt = (
+        select(inner.c.layer_index, inner.c.step, inner.c.epoch, *(inner.c[s] for s in stats))
+        .where(keep)
+        .order_by(inner.c.layer_index, inner.c.step)
+    )
+    return session.execute(stmt).all()
+
+
+def list_histograms(
+    *,
+    session: Session,
+    job_id: str,
+    layer_indexes: Sequence[int] | None = None,
+    step: int | None = None,
+) -> Sequence[LayerHistogram]:
+    stmt = select(LayerHistogram).where(LayerHistogram.job_id == job_id)
+    if layer_indexes is not None:
+        stmt = stmt.where(LayerHistogram.layer_index.in_(layer_indexes))
+    if step is not None:
+        stmt = stmt.where(LayerHistogram.step == step)
+    order = (LayerHistogram.layer_index, LayerHistogram.step)
+    return session.scalars(stmt.order_by(*order)).all()
+
+
+def ping(*, session: Session) -> None:
+    session.execute(select(1))
