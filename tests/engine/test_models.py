@@ -10,7 +10,7 @@ from torch.nn import functional
 
 from service.specs import ModelSpec
 from worker.engine.dropconnect import DropConnectConv1d, DropConnectLinear
-from worker.engine.models import BuiltModel, ResidualBlock, build_model, count_parameters
+from worker.engine.models import BuiltModel, Net, ResidualBlock, build_model, count_parameters
 
 SEQ = (1, 40)
 IMAGE = (1, 8, 8)
@@ -19,6 +19,21 @@ IMAGE = (1, 8, 8)
 def build(input_shape: tuple[int, ...] = SEQ, num_classes: int = 10, **kw: Any) -> BuiltModel:
     torch.manual_seed(0)
     return build_model(ModelSpec(**kw), input_shape=input_shape, num_classes=num_classes)
+
+
+def net(built: BuiltModel) -> Net:
+    assert isinstance(built.module, Net)
+    return built.module
+
+
+def weight(module: nn.Module) -> torch.Tensor:
+    assert isinstance(module.weight, torch.Tensor)
+    return module.weight
+
+
+def bias(module: nn.Module) -> torch.Tensor:
+    assert isinstance(module.bias, torch.Tensor)
+    return module.bias
 
 
 def forward_order(built: BuiltModel, x: torch.Tensor) -> list[nn.Module]:
@@ -65,7 +80,7 @@ def test_parameter_counts_match_hand_computed(
 
 def test_count_parameters_skips_frozen() -> None:
     built = build(depth=1, width=8)
-    built.module.output.requires_grad_(False)
+    net(built).output.requires_grad_(False)
     assert count_parameters(built.module) == 328
 
 
@@ -103,7 +118,7 @@ def test_layer_info_describes_each_module(kw: dict[str, Any], input_shape: tuple
         info = layer.info
         assert modules[info.name] is layer.module
         assert info.params == count_parameters(layer.module)
-        assert info.shape == tuple(layer.module.weight.shape)
+        assert info.shape == tuple(weight(layer.module).shape)
         has_act = layer.activation_module is not None
         assert (info.activation is not None) == has_act
         assert has_act == (info.kind in ("linear", "conv1d", "conv2d"))
@@ -184,7 +199,7 @@ def test_activation_modules_are_distinct_per_layer() -> None:
 
 def test_skip_groups_hidden_layers_in_blocks_of_two_with_projection() -> None:
     built = build(depth=4, width=8, skip=True)
-    blocks = list(built.module.hidden)
+    blocks = list(net(built).hidden)
     assert len(blocks) == 2
     assert all(isinstance(b, ResidualBlock) for b in blocks)
     kinds = [layer.info.kind for layer in built.layers]
@@ -237,8 +252,8 @@ def test_residual_block_with_norm_is_identity_at_init(
 ) -> None:
     built = build(input_shape, depth=4, width=6, skip=True, **kw)
     built.module.train(train)
-    x = built.module.stem(torch.randn(8, *input_shape))
-    for block in built.module.hidden:
+    x = net(built).stem(torch.randn(8, *input_shape))
+    for block in net(built).hidden:
         assert isinstance(block, ResidualBlock)
         assert torch.count_nonzero(block.branch(x)) == 0
         torch.testing.assert_close(block(x), block.act(block.proj(x)), rtol=0, atol=0)
@@ -247,7 +262,7 @@ def test_residual_block_with_norm_is_identity_at_init(
 
 def test_residual_branch_without_norm_keeps_its_init() -> None:
     built = build(depth=2, width=8, skip=True)
-    (block,) = built.module.hidden
+    (block,) = net(built).hidden
     assert isinstance(block, ResidualBlock)
     assert torch.count_nonzero(block.branch(torch.randn(8, 40))) > 0
 
@@ -311,7 +326,8 @@ def test_dropconnect_replaces_hidden_layers_only() -> None:
 
 def effective_weight(layer: DropConnectLinear) -> torch.Tensor:
     """W_eff, read through the forward pass: eye @ W_eff^T = W_eff^T (bias is zero)."""
-    return layer(torch.eye(layer.in_features)).T
+    out: torch.Tensor = layer(torch.eye(layer.in_features))
+    return out.T
 
 
 def dropconnect_layer(p: float) -> DropConnectLinear:
@@ -361,9 +377,7 @@ def test_dropconnect_gradient_reaches_kept_weights_only() -> None:
     p = 0.4
     layer = dropconnect_layer(p)
     w_eff = effective_weight(layer)
-    w_eff.sum().backward()
-    grad = layer.weight.grad
-    assert grad is not None
+    (grad,) = torch.autograd.grad(w_eff.sum(), layer.weight)
     kept = w_eff.detach() != 0
     assert torch.count_nonzero(grad[~kept]) == 0
     torch.testing.assert_close(grad[kept], torch.full_like(grad[kept], 1 / (1 - p)))
@@ -395,30 +409,30 @@ def wide_layers(**kw: Any) -> BuiltModel:
 def test_kaiming_init_std_is_gain_over_sqrt_fan_in(activation: str, gain: float) -> None:
     built = wide_layers(init="kaiming", activation=activation)
     hidden = built.layers[1].module
-    assert hidden.weight.std().item() == pytest.approx(gain / math.sqrt(256), rel=0.03)
-    assert torch.count_nonzero(hidden.bias) == 0
+    assert weight(hidden).std().item() == pytest.approx(gain / math.sqrt(256), rel=0.03)
+    assert torch.count_nonzero(bias(hidden)) == 0
     output = built.layers[-1].module  # no activation: linear gain
-    assert output.weight.std().item() == pytest.approx(1 / math.sqrt(256), rel=0.1)
+    assert weight(output).std().item() == pytest.approx(1 / math.sqrt(256), rel=0.1)
 
 
 def test_kaiming_conv_uses_fan_in_of_kernel() -> None:
     built = build((1, 40), arch="cnn", depth=2, width=64, kernel_size=5, init="kaiming")
     conv = built.layers[1].module
-    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (64 * 5)), rel=0.03)
+    assert weight(conv).std().item() == pytest.approx(math.sqrt(2 / (64 * 5)), rel=0.03)
 
 
 def test_xavier_init_std() -> None:
     built = wide_layers(init="xavier", activation="tanh")
     expected = 5 / 3 * math.sqrt(2 / (256 + 256))
-    assert built.layers[1].module.weight.std().item() == pytest.approx(expected, rel=0.03)
-    assert built.layers[1].module.weight.abs().max().item() <= expected * math.sqrt(3)
+    assert weight(built.layers[1].module).std().item() == pytest.approx(expected, rel=0.03)
+    assert weight(built.layers[1].module).abs().max().item() <= expected * math.sqrt(3)
 
 
 def test_normal_init_std() -> None:
     built = wide_layers(init="normal", init_std=0.05)
     for layer in built.layers:
-        assert layer.module.weight.std().item() == pytest.approx(0.05, rel=0.05)
-        assert torch.count_nonzero(layer.module.bias) == 0
+        assert weight(layer.module).std().item() == pytest.approx(0.05, rel=0.05)
+        assert torch.count_nonzero(bias(layer.module)) == 0
 
 
 def test_default_init_is_pytorchs() -> None:
@@ -426,12 +440,12 @@ def test_default_init_is_pytorchs() -> None:
     # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
     bound = 1 / math.sqrt(256)
     hidden = built.layers[1].module
-    assert hidden.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
-    assert torch.count_nonzero(hidden.bias) > 0
+    assert weight(hidden).std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
+    assert torch.count_nonzero(bias(hidden)) > 0
 
 
 def test_kaiming_does_not_touch_norm_layers() -> None:
     built = build(depth=2, width=8, norm="batch", init="kaiming")
     norm = built.layers[1].module
-    assert torch.equal(norm.weight, torch.ones(8))
-    assert torch.equal(norm.bias, torch.zeros(8))
+    assert torch.equal(weight(norm), torch.ones(8))
+    assert torch.equal(bias(norm), torch.zeros(8))
