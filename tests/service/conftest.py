@@ -1,0 +1,142 @@
+"""Fixtures for service tests: a migrated database per test and an API client over it.
+
+SQLite: Alembic migrates one template file per test session; each test gets a copy
+(a file copy is cheaper than a migration and isolates tests fully, WAL included).
+PostgreSQL (the ``postgres`` parameter, marked ``pytest.mark.postgres``): one throwaway
+database per session, migrated once, with every table truncated before each test. It is
+skipped with a reason when no server answers, except under ``CI=true`` where that fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from service.api.app import create_app
+from service.config import Settings
+from service.db.base import Base
+from service.db.migrate import upgrade_database
+from service.db.session import make_engine, make_session_factory
+
+PG_HOST = os.environ.get("TRAINLAB_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TRAINLAB_TEST_PG_PORT", "5432"))
+PG_USERS = ("postgres", "root")
+PG_MAINTENANCE_DBS = ("postgres", "test")
+
+
+def _pg_admin() -> tuple[str, str]:
+    """(user, maintenance database) that accept a connection, or skip/fail."""
+    errors: list[str] = []
+    for user in PG_USERS:
+        for dbname in PG_MAINTENANCE_DBS:
+            try:
+                with psycopg.connect(
+                    host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, connect_timeout=3
+                ):
+                    return user, dbname
+            except psycopg.Error as exc:
+                errors.append(f"{user}@{dbname}: {exc}".strip())
+    reason = f"PostgreSQL not reachable at {PG_HOST}:{PG_PORT} ({'; '.join(errors)[:300]})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _admin(sql: str) -> None:
+    user, dbname = _pg_admin()
+    with psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, autocommit=True
+    ) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def create_pg_database() -> str:
+    """A new, empty, uniquely named database; returns its SQLAlchemy URL."""
+    user, _ = _pg_admin()
+    name = f"trainlab_test_{uuid.uuid4().hex[:12]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "trainlab.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database()
+    try:
+        upgrade_database(url)
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+def _truncate_all(url: str) -> None:
+    engine = make_engine(url)
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "trainlab.db"
+        shutil.copyfile(sqlite_template, path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("pg_url")
+    _truncate_all(url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with make_session_factory(engine)() as session:
+        yield session
+
+
+def make_settings(tmp_path: Path, db_url: str, **overrides: object) -> Settings:
+    # _env_file=None: a developer's .env must not change what the tests see.
+    return Settings(_env_file=None, data_dir=tmp_path, database_url=db_url, **overrides)  # type: ignore[call-arg,arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return make_settings(tmp_path, db_url)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def queue_dir(settings: Settings) -> Path:
+    return settings.broker_folder / "queue"
