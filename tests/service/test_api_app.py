@@ -1,0 +1,120 @@
+"""Cross-cutting behaviour: health, readiness, metrics, body limits, API keys and docs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.specs import EXAMPLE_SPEC
+from tests.service.conftest import make_settings
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readyz_names_the_failing_check(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, db_url, broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json() == {
+            "status": "unavailable",
+            "checks": {"database": "ok", "broker": "unreachable"},
+        }
+
+
+def test_root_redirects_to_docs(client: TestClient) -> None:
+    response = client.get("/", follow_redirects=False)
+    assert response.status_code in (302, 307)
+    assert response.headers["location"] == "/docs"
+
+
+def test_prometheus_metrics(client: TestClient) -> None:
+    job_id = client.post("/v1/jobs", json={}).json()["id"]
+    client.get(f"/v1/jobs/{job_id}")
+    client.get("/v1/jobs/missing")
+    text = client.get("/metrics").text
+    assert 'trainlab_jobs{status="queued"} 1.0' in text
+    assert 'trainlab_jobs{status="running"} 0.0' in text
+    assert 'trainlab_http_requests_total{method="POST",route="/v1/jobs",status="201"} 1.0' in text
+    assert 'route="/v1/jobs/{job_id}",status="200"' in text
+    assert 'route="/v1/jobs/{job_id}",status="404"' in text
+    assert "trainlab_http_request_duration_seconds_bucket" in text
+
+
+def test_json_body_over_the_limit_is_413(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, db_url, max_body_bytes=1_000)
+    with TestClient(create_app(settings)) as client:
+        body = {"name": "x" * 150, "tags": ["t" * 60] * 20}
+        response = client.post("/v1/jobs", json=body)
+        assert response.status_code == 413
+        assert "1000 bytes" in response.json()["detail"]
+
+        def chunks() -> Any:  # no Content-Length: the streamed size is checked
+            yield b'{"name": "'
+            yield b"x" * 2_000
+            yield b'"}'
+
+        response = client.post(
+            "/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 413
+        assert client.post("/v1/jobs", json=EXAMPLE_SPEC).status_code == 201
+
+
+def test_api_keys_guard_v1_only(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, db_url, api_keys=["k1", "k2"])
+    with TestClient(create_app(settings)) as client:
+        missing = client.get("/v1/jobs")
+        assert missing.status_code == 401
+        assert client.get("/v1/jobs", headers={"X-API-Key": "nope"}).status_code == 403
+        assert client.get("/v1/jobs", headers={"X-API-Key": "ü".encode()}).status_code == 403
+        assert client.get("/v1/jobs", headers={"X-API-Key": "k2"}).status_code == 200
+        assert client.post("/v1/jobs", json={}).status_code == 401
+        for open_path in ("/healthz", "/readyz", "/docs", "/openapi.json", "/metrics"):
+            assert client.get(open_path).status_code == 200, open_path
+
+
+def test_docs_and_every_request_body_has_an_example(client: TestClient) -> None:
+    assert "swagger-ui" in client.get("/docs").text.lower()
+    schema = client.get("/openapi.json").json()
+    bodies = 0
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                bodies += 1
+                assert _has_example(media, schema), (method, path)
+    assert bodies == 2
+    examples = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"][
+        "examples"
+    ]
+    assert {"vanishing", "relu_batchnorm", "residual", "overfitting_dropout"} <= set(examples)
+    assert examples["vanishing"]["value"]["train"]["epochs"] == 2
+
+
+def test_every_openapi_example_is_accepted(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    media = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    for name, example in media["examples"].items():
+        response = client.post("/v1/jobs", json=example["value"])
+        assert response.status_code == 201, (name, response.text)
+
+
+def _has_example(media: dict[str, Any], schema: dict[str, Any]) -> bool:
+    if "example" in media or "examples" in media:
+        return True
+    ref = media.get("schema", {}).get("$ref", "")
+    component = schema["components"]["schemas"].get(ref.rsplit("/", 1)[-1], {})
+    properties = component.get("properties", {})
+    # multipart forms: every non-file field carries examples (a file cannot).
+    return bool(properties) and all(
+        "examples" in prop or prop.get("format") == "binary" or "contentMediaType" in prop
+        for prop in properties.values()
+    )

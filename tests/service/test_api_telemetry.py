@@ -1,0 +1,231 @@
+"""Metrics, layers, gradients and histograms, read back from rows the worker's calls write."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from service.db import repository
+from service.db.models import LAYER_STAT_COLUMNS
+
+LAYERS = [
+    {
+        "index": 0,
+        "name": "hidden.0.linear",
+        "kind": "linear",
+        "params": 10,
+        "shape": [2, 4],
+        "activation": "sigmoid",
+    },
+    {
+        "index": 1,
+        "name": "hidden.1.linear",
+        "kind": "linear",
+        "params": 20,
+        "shape": [4, 4],
+        "activation": "sigmoid",
+    },
+    {
+        "index": 2,
+        "name": "head",
+        "kind": "linear",
+        "params": 5,
+        "shape": [1, 4],
+        "activation": None,
+    },
+]
+
+
+def _running_job(client: TestClient, session: Session) -> str:
+    job_id: str = client.post("/v1/jobs", json={"name": "t"}).json()["id"]
+    repository.claim_job(session=session, job_id=job_id, worker="w")
+    repository.save_run_plan(
+        session=session, job_id=job_id, layers=LAYERS, total_steps=100, epochs=2, device="cpu"
+    )
+    session.commit()
+    return job_id
+
+
+def _stat_rows(steps: range) -> list[dict[str, Any]]:
+    return [
+        {
+            "layer_index": layer,
+            "step": step,
+            "epoch": 1 + step // 50,
+            **{name: float(layer * 1000 + step) for name in LAYER_STAT_COLUMNS},
+        }
+        for layer in range(3)
+        for step in steps
+    ]
+
+
+def test_metrics_are_per_epoch_rows_in_order(client: TestClient, session: Session) -> None:
+    job_id = _running_job(client, session)
+    for epoch in (2, 1):
+        metric = {
+            "epoch": epoch,
+            "train_loss": 1.0 / epoch,
+            "train_acc": 0.5,
+            "val_loss": 0.9,
+            "val_acc": 0.4,
+            "lr": 0.05,
+            "seconds": 1.5,
+        }
+        repository.add_epoch_metric(session=session, job_id=job_id, metric=metric)
+    session.commit()
+    rows = client.get(f"/v1/jobs/{job_id}/metrics").json()
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1] == {
+        "epoch": 2,
+        "train_loss": 0.5,
+        "train_acc": 0.5,
+        "val_loss": 0.9,
+        "val_acc": 0.4,
+        "lr": 0.05,
+        "seconds": 1.5,
+    }
+
+
+def test_diverged_metrics_are_valid_json(client: TestClient, session: Session, db_url: str) -> None:
+    job_id = _running_job(client, session)
+    metric = {
+        "epoch": 1,
+        "train_loss": math.nan,
+        "train_acc": 0.1,
+        "val_loss": math.inf,
+        "val_acc": 0.1,
+        "lr": 0.05,
+        "seconds": 1.0,
+    }
+    repository.add_epoch_metric(session=session, job_id=job_id, metric=metric)
+    session.commit()
+    row = client.get(f"/v1/jobs/{job_id}/metrics").json()[0]
+    # SQLite turns NaN into NULL; PostgreSQL keeps it.
+    assert row["train_loss"] == (None if db_url.startswith("sqlite") else "NaN")
+    assert row["val_loss"] == "Infinity"
+
+
+def test_layers_table(client: TestClient, session: Session) -> None:
+    job_id = _running_job(client, session)
+    body = client.get(f"/v1/jobs/{job_id}/layers").json()
+    assert body == LAYERS
+
+
+def test_gradients_all_layers_and_stats_by_default(client: TestClient, session: Session) -> None:
+    job_id = _running_job(client, session)
+    repository.add_layer_stats(session=session, job_id=job_id, rows=_stat_rows(range(0, 30, 10)))
+    session.commit()
+    body = client.get(f"/v1/jobs/{job_id}/gradients").json()
+    assert body["job_id"] == job_id
+    assert body["stats"] == list(LAYER_STAT_COLUMNS)
+    assert [(s["layer_index"], s["name"], s["kind"]) for s in body["series"]] == [
+        (0, "hidden.0.linear", "linear"),
+        (1, "hidden.1.linear", "linear"),
+        (2, "head", "linear"),
+    ]
+    point = body["series"][1]["points"][2]
+    assert point["step"] == 20
+    assert point["epoch"] == 1
+    assert point["grad_norm"] == 1020.0
+    assert set(point) == {"step", "epoch", *LAYER_STAT_COLUMNS}
+
+
+def test_gradients_filter_layers_by_index_or_name_and_stats(
+    client: TestClient, session: Session
+) -> None:
+    job_id = _running_job(client, session)
+    repository.add_layer_stats(session=session, job_id=job_id, rows=_stat_rows(range(0, 50, 10)))
+    session.commit()
+    query = "layer=0&layer=head&stat=grad_norm&stat=act_saturation&from_step=10&to_step=30"
+    body = client.get(f"/v1/jobs/{job_id}/gradients?{query}").json()
+    assert body["stats"] == ["grad_norm", "act_saturation"]
+    assert [s["layer_index"] for s in body["series"]] == [0, 2]
+    assert [p["step"] for p in body["series"][1]["points"]] == [10, 20, 30]
+    assert body["series"][1]["points"][0] == {
+        "step": 10,
+        "epoch": 1,
+        "grad_norm": 2010.0,
+        "act_saturation": 2010.0,
+    }
+
+
+@pytest.mark.parametrize("n_steps,max_points", [(1000, 500), (1001, 7), (10, 2), (11, 4), (5, 500)])
+def test_gradients_downsampled_keeping_first_and_last(
+    client: TestClient, session: Session, n_steps: int, max_points: int
+) -> None:
+    job_id = _running_job(client, session)
+    repository.add_layer_stats(session=session, job_id=job_id, rows=_stat_rows(range(n_steps)))
+    session.commit()
+    url = f"/v1/jobs/{job_id}/gradients?stat=grad_norm&max_points={max_points}"
+    for series in client.get(url).json()["series"]:
+        steps = [p["step"] for p in series["points"]]
+        if n_steps <= max_points:
+            assert steps == list(range(n_steps))
+        else:
+            assert max_points // 2 < len(steps) <= max_points
+        assert steps[0] == 0
+        assert steps[-1] == n_steps - 1
+        assert steps == sorted(steps)
+        gaps = {b - a for a, b in itertools.pairwise(steps[:-1])}
+        assert len(gaps) <= 1  # a uniform stride, except possibly before the last point
+
+
+def test_gradients_nan_and_inf(client: TestClient, session: Session, db_url: str) -> None:
+    job_id = _running_job(client, session)
+    row = {
+        "layer_index": 0,
+        "step": 1,
+        "epoch": 1,
+        "grad_norm": math.nan,
+        "grad_mean": math.inf,
+        "grad_std": -math.inf,
+        "nan_count": 3.0,
+    }
+    repository.add_layer_stats(session=session, job_id=job_id, rows=[row])
+    session.commit()
+    url = f"/v1/jobs/{job_id}/gradients?layer=0"
+    point = client.get(url).json()["series"][0]["points"][0]
+    assert point["grad_norm"] == (None if db_url.startswith("sqlite") else "NaN")
+    assert point["grad_mean"] == "Infinity"
+    assert point["grad_std"] == "-Infinity"
+    assert point["nan_count"] == 3.0
+    assert point["act_mean"] is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "layer=7",
+        "layer=nope",
+        "stat=grad_nrm",
+        "max_points=1",
+        "max_points=10001",
+        "from_step=-1",
+        "to_step=99999999999999",
+    ],
+)
+def test_gradients_bad_query_is_422(client: TestClient, session: Session, query: str) -> None:
+    job_id = _running_job(client, session)
+    response = client.get(f"/v1/jobs/{job_id}/gradients?{query}")
+    assert response.status_code == 422, response.text
+
+
+def test_histograms_by_layer_and_step(client: TestClient, session: Session) -> None:
+    job_id = _running_job(client, session)
+    rows = [
+        {"layer_index": layer, "step": step, "lo": -1.0, "hi": 1.0, "counts": [layer, step, 1]}
+        for layer in range(3)
+        for step in (10, 20)
+    ]
+    assert repository.add_histograms(session=session, job_id=job_id, rows=rows) == 6
+    session.commit()
+    everything = client.get(f"/v1/jobs/{job_id}/histograms").json()
+    assert len(everything) == 6
+    body = client.get(f"/v1/jobs/{job_id}/histograms?layer=head&step=20").json()
+    assert body == [{"layer_index": 2, "step": 20, "lo": -1.0, "hi": 1.0, "counts": [2, 20, 1]}]
+    assert client.get(f"/v1/jobs/{job_id}/histograms?layer=9").status_code == 422
