@@ -83,7 +83,8 @@ def _check_x(x: np.ndarray) -> np.ndarray:
             f"x must have 2 dims (examples, features) or 3 (examples, height, width); "
             f"got shape {list(x.shape)}"
         )
-    x32 = x.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is reported just below
+        x32 = x.astype(np.float32)
     if not np.isfinite(x32).all():
         raise _invalid("x must be finite (no NaN or infinity, and within float32 range)")
     return x32

@@ -1,0 +1,171 @@
+"""The repository functions the worker calls: atomic claims, idempotent finishes, bulk writes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db import repository
+from service.db.models import Job, JobTag, Layer, LayerStat
+from service.specs import ExperimentSpec
+
+
+def _job(session: Session, **spec: object) -> str:
+    job = repository.create_job(
+        session=session, spec=ExperimentSpec.model_validate(spec), queue="cpu"
+    )
+    session.commit()
+    return job.id
+
+
+def test_create_job_stores_spec_tags_and_defaults(session: Session) -> None:
+    job_id = _job(session, name="n", tags=["a", "b", "a"], train={"epochs": 3})
+    job = repository.get_job(session=session, job_id=job_id)
+    assert job is not None
+    assert (job.status, job.epochs, job.step, job.cancel_requested) == ("queued", 3, 0, False)
+    assert job.spec["train"]["epochs"] == 3
+    assert job.created_at.tzinfo is not None
+    tags = session.scalars(select(JobTag.tag).where(JobTag.job_id == job_id)).all()
+    assert sorted(tags) == ["a", "b"]
+
+
+def test_claim_is_atomic_and_only_from_queued(session: Session) -> None:
+    job_id = _job(session)
+    claimed = repository.claim_job(session=session, job_id=job_id, worker="w1")
+    assert claimed is not None
+    assert (claimed.status, claimed.worker) == ("running", "w1")
+    assert claimed.started_at is not None
+    session.commit()
+    assert repository.claim_job(session=session, job_id=job_id, worker="w2") is None
+    assert repository.claim_job(session=session, job_id="missing", worker="w2") is None
+
+
+def test_finish_keeps_the_first_outcome(session: Session) -> None:
+    job_id = _job(session)
+    repository.claim_job(session=session, job_id=job_id, worker="w")
+    repository.finish_job(session=session, job_id=job_id, status="succeeded", result={"a": 1})
+    repository.finish_job(session=session, job_id=job_id, status="failed", error="late")
+    session.commit()
+    job = repository.get_job(session=session, job_id=job_id)
+    assert job is not None
+    assert (job.status, job.result, job.error) == ("succeeded", {"a": 1}, None)
+    assert job.finished_at is not None
+    with pytest.raises(ValueError, match="final status"):
+        repository.finish_job(session=session, job_id=job_id, status="running")
+
+
+def test_save_run_plan_can_be_repeated(session: Session) -> None:
+    job_id = _job(session)
+    layer = {
+        "index": 0,
+        "name": "l",
+        "kind": "linear",
+        "params": 3,
+        "shape": (3, 1),
+        "activation": None,
+    }
+    for _ in range(2):
+        repository.save_run_plan(
+            session=session, job_id=job_id, layers=[layer], total_steps=9, epochs=3, device="cuda"
+        )
+    session.commit()
+    assert len(repository.list_layers(session=session, job_id=job_id)) == 1
+    job = repository.get_job(session=session, job_id=job_id)
+    assert job is not None and (job.total_steps, job.device) == (9, "cuda")
+
+
+def test_layer_stats_accept_numpy_scalars_and_missing_stats(session: Session) -> None:
+    np = pytest.importorskip("numpy")
+    job_id = _job(session)
+    rows = [
+        {
+            "layer_index": np.int64(1),
+            "step": np.int64(5),
+            "epoch": np.int64(1),
+            "grad_norm": np.float64(0.5),
+            "unknown_key": 1.0,
+        }
+    ]
+    assert repository.add_layer_stats(session=session, job_id=job_id, rows=rows) == 1
+    assert repository.add_layer_stats(session=session, job_id=job_id, rows=[]) == 0
+    session.commit()
+    stat = session.scalars(select(LayerStat)).one()
+    assert (stat.layer_index, stat.step, stat.grad_norm, stat.act_mean) == (1, 5, 0.5, None)
+
+
+def test_non_finite_values_are_stored(session: Session) -> None:
+    job_id = _job(session)
+    row = {
+        "layer_index": 0,
+        "step": 1,
+        "epoch": 1,
+        "grad_norm": math.nan,
+        "grad_mean": math.inf,
+        "grad_std": -math.inf,
+    }
+    repository.add_layer_stats(session=session, job_id=job_id, rows=[row])
+    session.commit()
+    stat = session.scalars(select(LayerStat)).one()
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    # SQLite REAL cannot hold NaN (it becomes NULL); PostgreSQL float8 can.
+    assert stat.grad_norm is None if sqlite else math.isnan(stat.grad_norm or 0.0)
+    assert (stat.grad_mean, stat.grad_std) == (math.inf, -math.inf)
+
+
+def test_cancel_flags(session: Session) -> None:
+    queued, running = _job(session), _job(session)
+    repository.claim_job(session=session, job_id=running, worker="w")
+    assert repository.cancel_queued_job(session=session, job_id=queued)
+    assert not repository.cancel_queued_job(session=session, job_id=running)
+    assert repository.request_cancel(session=session, job_id=running)
+    session.commit()
+    assert repository.is_cancel_requested(session=session, job_id=running)
+    assert not repository.is_cancel_requested(session=session, job_id="missing")
+    assert repository.count_jobs_by_status(session=session) == {
+        "queued": 0,
+        "running": 1,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 1,
+    }
+
+
+def test_deleting_a_job_cascades_to_its_rows(session: Session) -> None:
+    job_id = _job(session, tags=["t"])
+    layer = {
+        "index": 0,
+        "name": "l",
+        "kind": "linear",
+        "params": 1,
+        "shape": [1],
+        "activation": None,
+    }
+    repository.save_run_plan(
+        session=session, job_id=job_id, layers=[layer], total_steps=1, epochs=1, device="cpu"
+    )
+    repository.add_layer_stats(
+        session=session, job_id=job_id, rows=[{"layer_index": 0, "step": 0, "epoch": 1}]
+    )
+    session.commit()
+    session.delete(session.get(Job, job_id))
+    session.commit()
+    for model in (JobTag, Layer, LayerStat):
+        assert session.scalars(select(model)).all() == []
+
+
+def test_dataset_content_roundtrip(session: Session) -> None:
+    dataset = repository.create_dataset(
+        session=session,
+        name="d",
+        n_examples=10,
+        x_shape=[10, 2],
+        num_classes=2,
+        layout="seq",
+        content=b"\x00npz",
+    )
+    session.commit()
+    assert repository.get_dataset_content(session=session, dataset_id=dataset.id) == b"\x00npz"
+    assert repository.get_dataset_content(session=session, dataset_id="ds_x") is None
