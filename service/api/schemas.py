@@ -207,10 +207,12 @@ SPEC_EXAMPLES: dict[str, Example] = {
 
 def job_read(job: Any) -> JobRead:
     """JobRead from a ``service.db.models.Job`` (progress is derived)."""
-    if job.total_steps:
+    if job.status == "succeeded":
+        fraction = 1.0  # also when early stopping ended it before total_steps
+    elif job.total_steps:
         fraction = min(1.0, job.step / job.total_steps)
     else:
-        fraction = 1.0 if job.status == "succeeded" else 0.0
+        fraction = 0.0
     progress = Progress(
         epoch=job.epoch,
         epochs=job.epochs,

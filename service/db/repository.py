@@ -7,6 +7,7 @@ use case, the worker commits after each batch of writes.
 from __future__ import annotations
 
 import math
+import numbers
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,7 +63,14 @@ def _float_or_none(value: Any) -> float | None:
 
 def json_safe(value: Any) -> Any:
     """Replace NaN/±Infinity (not valid JSON, refused by PostgreSQL) by strings."""
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):  # numpy integers are not JSON serializable
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        if math.isfinite(value):
+            return value
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}

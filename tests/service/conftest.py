@@ -56,7 +56,7 @@ def _admin(sql: str) -> None:
     with psycopg.connect(
         host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, autocommit=True
     ) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql)
 
 
 def create_pg_database() -> str:
@@ -123,7 +123,7 @@ def session(engine: Engine) -> Iterator[Session]:
 
 def make_settings(tmp_path: Path, db_url: str, **overrides: object) -> Settings:
     # _env_file=None: a developer's .env must not change what the tests see.
-    return Settings(_env_file=None, data_dir=tmp_path, database_url=db_url, **overrides)  # type: ignore[call-arg,arg-type]
+    return Settings(_env_file=None, data_dir=tmp_path, database_url=db_url, **overrides)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -169,3 +169,15 @@ def test_dataset_content_roundtrip(session: Session) -> None:
     session.commit()
     assert repository.get_dataset_content(session=session, dataset_id=dataset.id) == b"\x00npz"
     assert repository.get_dataset_content(session=session, dataset_id="ds_x") is None
+
+
+def test_result_with_numpy_scalars_and_nan_is_stored_as_json(session: Session) -> None:
+    np = pytest.importorskip("numpy")
+    job_id = _job(session)
+    result = {"steps": np.int64(7), "val_loss": np.float64("nan"), "ok": True, "d": "cpu"}
+    repository.finish_job(session=session, job_id=job_id, status="succeeded", result=result)
+    session.commit()
+    session.expire_all()
+    job = repository.get_job(session=session, job_id=job_id)
+    assert job is not None
+    assert job.result == {"steps": 7, "val_loss": "NaN", "ok": True, "d": "cpu"}
