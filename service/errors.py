@@ -7,6 +7,7 @@ error response by hand.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,19 @@ class ErrorItem:
     type: str = "value_error"
 
     def as_detail(self) -> dict[str, Any]:
-        return {"type": self.type, "loc": list(self.loc), "msg": self.msg, "input": self.input}
+        return {
+            "type": self.type,
+            "loc": list(self.loc),
+            "msg": self.msg,
+            "input": _json(self.input),
+        }
+
+
+def _json(value: Any) -> Any:
+    """Non-finite floats are not JSON: echo them back as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 class ServiceError(Exception):

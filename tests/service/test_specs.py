@@ -84,6 +84,10 @@ def test_bad_input_never_500(client: TestClient) -> None:
         {"json": {"train": {"lr": "fast"}}},
         {"json": {"tags": ["x" * 65]}},
         {"json": {"data": {"dataset": "imagenet"}}},
+        {
+            "content": b'{"train": {"grad_clip": 1e400}}',
+            "headers": {"Content-Type": "application/json"},
+        },
     ]
     for case in cases:
         response = client.post("/v1/jobs", **case)
