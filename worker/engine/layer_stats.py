@@ -65,6 +65,9 @@ _COL = {name: i for i, name in enumerate(STAT_NAMES)}
 
 SaturationKind = Literal["sigmoid", "tanh", "relu", "none"]
 
+_ABS_MASK = 0x7FFFFFFF  # float32 bits without the sign: ordered like |x|, NaN above Inf
+_INF_BITS = 0x7F800000
+
 
 class Layer(Protocol):
     """What the collector needs of ``worker.engine.models.TrackedLayer``."""
@@ -82,51 +85,84 @@ class Layer(Protocol):
 # --- pure statistic functions -----------------------------------------------------------
 
 
-def saturation_fraction(y: torch.Tensor, kind: SaturationKind) -> torch.Tensor:
-    """Fraction of activations at a bound: sigmoid within 1e-2 of 0 or 1, tanh within
-    1e-2 of ±1, ReLU exactly 0; NaN for activations with no bound worth counting."""
-    if kind == "none" or y.numel() == 0:
+def saturated_count(y: torch.Tensor, kind: SaturationKind) -> torch.Tensor:
+    """Number of activations at a bound: sigmoid within 1e-2 of 0 or 1, tanh within 1e-2
+    of ±1, ReLU exactly 0; NaN for activations with no bound worth counting."""
+    if kind == "none":
         return torch.full((), math.nan, device=y.device)
-    n = y.numel()
     if kind == "relu":
-        return 1.0 - torch.count_nonzero(y) / n
+        return y.numel() - nonzero_count(y)
     if kind == "sigmoid":
         at_bound = (y <= SATURATION_EPS) | (y >= 1.0 - SATURATION_EPS)
     else:
         at_bound = y.abs() >= 1.0 - SATURATION_EPS
-    return torch.count_nonzero(at_bound) / n
+    return at_bound.sum(dtype=torch.int32)
 
 
-def activation_stats(post: torch.Tensor, kind: SaturationKind) -> torch.Tensor:
-    """(act_mean, act_std, act_saturation) of one layer's output, float32, on its device."""
-    y = post.detach().float()
-    std, mean = torch.std_mean(y, correction=0)
-    return torch.stack((mean, std, saturation_fraction(y, kind)))
+def nonzero_count(y: torch.Tensor) -> torch.Tensor:
+    """Entries of a float32 tensor that are not ±0 (NaN counts as non-zero), as int32.
+
+    Equal to torch.count_nonzero, which is ~8x slower on CPUs: clearing the sign bit
+    leaves 0 only for ±0, and clamping the bits at 1 turns the count into a sum."""
+    bits = torch.bitwise_and(y.contiguous().view(torch.int32), _ABS_MASK)
+    return bits.clamp_(max=1).sum(dtype=torch.int32)
 
 
-def preactivation_stats(pre: torch.Tensor) -> torch.Tensor:
-    """(preact_mean, preact_std) of one layer's activation input."""
-    std, mean = torch.std_mean(pre.detach().float(), correction=0)
-    return torch.stack((mean, std))
+def activation_moments(y: torch.Tensor, kind: SaturationKind | None = None) -> torch.Tensor:
+    """(mean, mean of squares[, saturated fraction]) of an activation tensor, float32.
+
+    Moments rather than torch.std_mean: its Welford reduction is ~10x slower on CPUs, and
+    :func:`mean_std` turns moments into a std for all layers at once."""
+    y = y.detach().float()
+    n = max(y.numel(), 1)
+    parts = [y.mean(), torch.linalg.vector_norm(y).square() / n]
+    if kind is not None:
+        parts.append(saturated_count(y, kind) / n)
+    return torch.stack(parts)
 
 
-def row_reductions(
-    x: torch.Tensor, scratch: torch.Tensor, scratch_bool: torch.Tensor
-) -> torch.Tensor:
+def _saturated_rows_(y: torch.Tensor, kind: SaturationKind) -> torch.Tensor:
+    """:func:`saturated_count` of every row of a (layers, n) float32 matrix; may
+    overwrite ``y``."""
+    if kind == "none":
+        return torch.full((y.shape[0],), math.nan, device=y.device)
+    if kind == "relu":
+        bits = y.view(torch.int32).bitwise_and_(_ABS_MASK).clamp_(max=1)
+        return y.shape[1] - bits.sum(dim=1, dtype=torch.int32)
+    if kind == "sigmoid":
+        at_bound = (y <= SATURATION_EPS) | (y >= 1.0 - SATURATION_EPS)
+    else:
+        at_bound = y.abs() >= 1.0 - SATURATION_EPS
+    return at_bound.sum(dim=1, dtype=torch.int32)
+
+
+def mean_std(mean: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+    """Population std from the first two moments, in float64."""
+    mean, mean_sq = mean.double(), mean_sq.double()
+    return (mean_sq - mean.square()).clamp_min(0.0).sqrt()
+
+
+def row_reductions(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """Per-row sums of a (rows, ROW) float32 matrix, float64 (rows, 6):
     sum, sum of squares, max |x|, non-zero count, non-finite count, NaN count.
 
-    ``scratch`` (float32) and ``scratch_bool`` have ``x``'s shape and are overwritten; they
-    are preallocated because fresh gradient-sized temporaries cost page faults."""
+    ``bits`` is an int32 scratch of ``x``'s shape, overwritten (preallocated: fresh
+    gradient-sized temporaries cost page faults on CPUs). Working on the float bits makes
+    max |x| (NaN-propagating), the zero count and the NaN/Inf counts plain integer
+    reductions, each several times faster on a CPU than count_nonzero or aminmax over a
+    dimension."""
     total = x.sum(dim=1)
     sumsq = torch.linalg.vector_norm(x, dim=1).double().square()
-    lo, hi = torch.aminmax(x, dim=1)
-    abs_max = torch.maximum(hi, -lo)  # NaN-propagating, like the rows' NaN
-    nonzero = torch.count_nonzero(x, dim=1)
-    torch.sub(x, x, out=scratch)  # 0 where finite, NaN where ±Inf or NaN
-    nonfinite = torch.count_nonzero(scratch, dim=1)
-    torch.ne(x, x, out=scratch_bool)  # only NaN differs from itself
-    nan = torch.count_nonzero(scratch_bool, dim=1)
+    torch.bitwise_and(x.view(torch.int32), _ABS_MASK, out=bits)
+    abs_max = bits.amax(dim=1).view(torch.float32)
+    # On a CPU, reading a flag costs nothing (no device queue to drain) and NaN/Inf are
+    # rare, so count them only when some row sum is not finite; on a GPU count always.
+    if x.device.type != "cpu" or not bool(torch.isfinite(total).all()):
+        nonfinite = (bits >= _INF_BITS).sum(dim=1)
+        nan = (bits > _INF_BITS).sum(dim=1)
+    else:
+        nonfinite = nan = torch.zeros_like(total)
+    nonzero = bits.clamp_(max=1).sum(dim=1, dtype=torch.int32)  # destroys bits
     return torch.stack(
         (
             total.double(),
@@ -239,12 +275,16 @@ class TelemetryCollector:
         self._grads = torch.zeros(shape, dtype=torch.float32, device=self.device)
         self._weights = torch.zeros(shape, dtype=torch.float32, device=self.device)
         self._scratch = torch.empty(shape, dtype=torch.float32, device=self.device)
-        self._scratch_bool = torch.empty(shape, dtype=torch.bool, device=self.device)
+        self._bits = torch.empty(shape, dtype=torch.int32, device=self.device)
         self._grad_views = _views(self._grads.view(-1), self._layout)
         self._weight_views = _views(self._weights.view(-1), self._layout)
-        # Activation statistics of the current step, NaN until a hook writes them.
+        # Activation moments of the current step, NaN until a hook writes them: act mean,
+        # act mean of squares, saturated fraction, preact mean, preact mean of squares.
         self._act = torch.full((self.n_layers, N_ACT), math.nan, device=self.device)
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._stash: dict[tuple[int, int], torch.Tensor] = {}  # (layer, 0 post / 1 pre)
+        self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._stack_cache: dict[tuple[int, int, str], torch.Tensor] = {}
         self._check_activation_modules()
         # Pending, finished rows (device tensors) and their host-side labels.
         self._rows: list[torch.Tensor] = []
@@ -287,26 +327,65 @@ class TelemetryCollector:
                 m = layer.activation_module
                 if m is None:
                     continue
-                self._hooks.append(m.register_forward_pre_hook(self._pre_hook(index)))
-                self._hooks.append(m.register_forward_hook(self._post_hook(index, layer)))
+                self._hooks.append(m.register_forward_pre_hook(self._pre_hook(index, m)))
+                self._hooks.append(m.register_forward_hook(self._post_hook(index)))
             yield
         finally:
             self._remove_hooks()
+            with torch.no_grad():
+                self._reduce_activations()
+            self._stash.clear()
 
-    def _pre_hook(self, index: int) -> _PreHook:
+    # Hooks only keep a reference (one step's activations, most of which autograd holds
+    # anyway); the statistics are computed afterwards for all same-sized layers at once,
+    # a few kernels instead of ~6 small kernels per hook (4x faster on the bench's MLP).
+
+    def _pre_hook(self, index: int, module: nn.Module) -> _PreHook:
+        inplace = bool(getattr(module, "inplace", False))
+
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            # A pre-hook, so an in-place activation cannot overwrite the input first.
-            self._act[index, 3:5] = preactivation_stats(args[0])
+            x = args[0].detach()
+            # An in-place activation would overwrite the stashed input: copy it.
+            self._stash[(index, 1)] = x.clone() if inplace else x
 
         return hook
 
-    def _post_hook(self, index: int, layer: Layer) -> _PostHook:
-        kind = layer.saturation
-
+    def _post_hook(self, index: int) -> _PostHook:
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            self._act[index, 0:3] = activation_stats(out, kind)
+            self._stash[(index, 0)] = out.detach()
 
         return hook
+
+    def _reduce_activations(self) -> None:
+        groups: dict[tuple[int, int, SaturationKind], list[int]] = {}
+        for (index, slot), t in self._stash.items():
+            kind: SaturationKind = self.layers[index].saturation if slot == 0 else "none"
+            groups.setdefault((slot, t.numel(), kind), []).append(index)
+        for (slot, n, kind), indices in groups.items():
+            stacked = self._stack_buffer((slot, n, kind), len(indices), n)
+            for row, i in enumerate(indices):
+                stacked[row].copy_(self._stash[(i, slot)].reshape(-1))  # casts bf16/fp16
+            parts = [stacked.mean(dim=1), torch.linalg.vector_norm(stacked, dim=1).square() / n]
+            if slot == 0:
+                parts.append(_saturated_rows_(stacked, kind) / n)
+            values = torch.stack(parts, dim=1)
+            columns = slice(0, 3) if slot == 0 else slice(3, 5)
+            self._act[self._index_tensor(indices), columns] = values
+
+    def _stack_buffer(self, key: tuple[int, int, str], rows: int, n: int) -> torch.Tensor:
+        # Reused across steps: fresh activation-sized buffers cost page faults on CPUs.
+        buf = self._stack_cache.get(key)
+        if buf is None or buf.shape != (rows, n):
+            buf = self._stack_cache[key] = torch.empty(rows, max(n, 1), device=self.device)
+        return buf
+
+    def _index_tensor(self, indices: list[int]) -> torch.Tensor:
+        # Cached: building it is a host-to-device copy, done once per layer group.
+        key = tuple(indices)
+        cached = self._index_cache.get(key)
+        if cached is None:
+            cached = self._index_cache[key] = torch.tensor(indices, device=self.device)
+        return cached
 
     def _remove_hooks(self) -> None:
         for handle in self._hooks:
@@ -326,7 +405,7 @@ class TelemetryCollector:
         torch._foreach_copy_(self._grad_views, grads)
         torch._foreach_copy_(self._weight_views, [p.detach() for p in layout.params])
         owner = layout.row_owner
-        per_row = row_reductions(self._grads, self._scratch, self._scratch_bool)
+        per_row = row_reductions(self._grads, self._bits)
         sums = torch.zeros((self.n_layers, 6), dtype=torch.float64, device=self.device)
         sums.index_add_(0, owner, per_row)
         # max |g| folds by max, not by sum.
@@ -365,7 +444,7 @@ class TelemetryCollector:
             w_norm.unsqueeze(1),
             update_ratio.unsqueeze(1),
             grad[:, 5:7],
-            self._act.double(),
+            self._activation_columns(),
         )
         row = torch.cat(columns, dim=1)  # (L, N_STATS), float64
         self._act.fill_(math.nan)  # a step without activation_capture() records none
@@ -373,6 +452,13 @@ class TelemetryCollector:
         self._steps.append(step)
         self._epochs.append(epoch)
         self._open = None
+
+    def _activation_columns(self) -> torch.Tensor:
+        """(L, 5) float64: act_mean, act_std, act_saturation, preact_mean, preact_std."""
+        act = self._act.double()
+        post_std = mean_std(act[:, 0], act[:, 1])
+        pre_std = mean_std(act[:, 3], act[:, 4])
+        return torch.stack((act[:, 0], post_std, act[:, 2], act[:, 3], pre_std), dim=1)
 
     def _histograms(self) -> torch.Tensor:
         """(L·bins counts, L lo, L hi) of this step's gradient, float64, flattened.
@@ -456,9 +542,9 @@ __all__ = [
     "ROW",
     "Layer",
     "TelemetryCollector",
-    "activation_stats",
+    "activation_moments",
     "grad_columns",
-    "preactivation_stats",
+    "mean_std",
     "row_reductions",
-    "saturation_fraction",
+    "saturated_count",
 ]
