@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import worker_process_init
+
 from service.config import get_settings
 from service.queue import broker_config
 
