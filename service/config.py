@@ -71,7 +71,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_broker_url(self) -> str:
-        return self.broker_url or "filesystem://"
+        # "localhost" only names the (server-less) host, so kombu does not warn about a missing one.
+        return self.broker_url or "filesystem://localhost/"
 
     @property
     def uses_embedded_broker(self) -> bool:
