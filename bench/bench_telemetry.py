@@ -42,9 +42,9 @@ from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.specs import ExperimentSpec  # noqa: E402
-from worker.engine.loop import Trainer, make_optimizer  # noqa: E402
-from worker.engine.models import build_model  # noqa: E402
+from service.specs import ExperimentSpec
+from worker.engine.loop import Trainer, make_optimizer
+from worker.engine.models import build_model
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "W1": {
@@ -150,7 +150,7 @@ def hand_variant(
         opt.zero_grad(set_to_none=True)
         with autocast():
             loss = functional.cross_entropy(model(x), y)
-        loss.backward()
+        torch.autograd.backward(loss)
         if after_backward is not None:
             after_backward()
         opt.step()
@@ -265,9 +265,49 @@ def report(workload: str, variants: list[Variant], times: dict[str, list[float]]
             got = med[v.key] / med[base]
             target = f"{v.key}/{base} <= {limit:.2f}: {'ok' if got <= limit else 'MISSED'}"
         spread = f"{min(t):.2f}..{max(t):.2f}"
-        print(
-            f"{v.key:3}{v.label:58}{med[v.key]:9.2f}{spread:>17}{ratio_a:7.2f}{ratio_b:7.2f}  {target}"
-        )
+        figures = f"{med[v.key]:9.2f}{spread:>17}{ratio_a:7.2f}{ratio_b:7.2f}"
+        print(f"{v.key:3}{v.label:58}{figures}  {target}")
+
+
+def make_variants(workload: str, args: argparse.Namespace) -> list[Variant]:
+    makers: dict[str, Callable[[], Variant | None]] = {
+        "a": lambda: hand_variant("a", "hand-written loop", workload, args),
+        "b": lambda: engine_variant("b", "trainlab, telemetry off", workload, 0, args),
+        "c": lambda: engine_variant("c", "trainlab, telemetry every step", workload, 1, args),
+        "d": lambda: engine_variant("d", "trainlab, telemetry every 10 steps", workload, 10, args),
+        "e": lambda: hand_variant(
+            "e", "hand loop + per-value .item() stats", workload, args, naive_stats
+        ),
+        "f": lambda: optional(
+            "f",
+            lambda: hand_variant(
+                "f",
+                "hand loop + wandb.watch(gradients, log_freq=1)",
+                workload,
+                args,
+                wandb_watch,
+            ),
+        ),
+        "g": lambda: optional(
+            "g",
+            lambda: hand_variant(
+                "g",
+                "hand loop + TensorBoard add_histogram every grad",
+                workload,
+                args,
+                tensorboard_histograms,
+            ),
+        ),
+        "h": lambda: engine_variant(
+            "h",
+            "trainlab, telemetry off, idle hooks left registered",
+            workload,
+            0,
+            args,
+            idle_hooks=True,
+        ),
+    }
+    return [v for k in args.variants if (v := makers[k]()) is not None]
 
 
 def main() -> None:
@@ -292,46 +332,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         print(f"GPU: {torch.cuda.get_device_name()}")
     for workload in args.workloads.split(","):
-        makers: dict[str, Callable[[], Variant | None]] = {
-            "a": lambda: hand_variant("a", "hand-written loop", workload, args),
-            "b": lambda: engine_variant("b", "trainlab, telemetry off", workload, 0, args),
-            "c": lambda: engine_variant("c", "trainlab, telemetry every step", workload, 1, args),
-            "d": lambda: engine_variant(
-                "d", "trainlab, telemetry every 10 steps", workload, 10, args
-            ),
-            "e": lambda: hand_variant(
-                "e", "hand loop + per-value .item() stats", workload, args, naive_stats
-            ),
-            "f": lambda: optional(
-                "f",
-                lambda: hand_variant(
-                    "f",
-                    "hand loop + wandb.watch(gradients, log_freq=1)",
-                    workload,
-                    args,
-                    wandb_watch,
-                ),
-            ),
-            "g": lambda: optional(
-                "g",
-                lambda: hand_variant(
-                    "g",
-                    "hand loop + TensorBoard add_histogram every grad",
-                    workload,
-                    args,
-                    tensorboard_histograms,
-                ),
-            ),
-            "h": lambda: engine_variant(
-                "h",
-                "trainlab, telemetry off, idle hooks left registered",
-                workload,
-                0,
-                args,
-                idle_hooks=True,
-            ),
-        }
-        variants = [v for k in args.variants if (v := makers[k]()) is not None]
+        variants = make_variants(workload, args)
         times = measure(variants, args)
         report(workload, variants, times)
         for v in variants:
