@@ -22,7 +22,7 @@ GPU_QUEUE = "gpu"
 
 def broker_config(settings: Settings) -> dict[str, Any]:
     """Celery settings shared by the API's client and the worker."""
-    options: dict[str, Any] = {}
+    options: dict[str, Any]
     if settings.uses_embedded_broker:
         folder = settings.broker_folder
         for sub in ("queue", "control"):
@@ -33,6 +33,10 @@ def broker_config(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "polling_interval": settings.broker_polling_interval,
         }
+    else:
+        # Redis redelivers an unacknowledged message after this long; with acks_late a
+        # job that trains longer than the default hour would start a second time.
+        options = {"visibility_timeout": 7 * 24 * 3600}
     return {
         "broker_url": settings.resolved_broker_url,
         "broker_transport_options": options,
