@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.specs import EXAMPLE_SPEC
-from tests.integration.conftest import Stack
+from tests.integration.conftest import TRAINLAB, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -90,3 +93,23 @@ def test_cancel_stops_running_job(stack: Stack) -> None:
     assert job["result"]["cancelled"] is True
     assert job["progress"]["step"] < job["progress"]["total_steps"]
     assert stack.client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+
+
+def test_cli_submits_and_waits(embedded_stack: Stack, tmp_path: Path) -> None:
+    spec = copy.deepcopy(EXAMPLE_SPEC)
+    spec["model"]["depth"] = 2
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    url = ["--url", embedded_stack.url]
+    submitted = subprocess.run(
+        [TRAINLAB, "submit", str(spec_file), "--wait", *url],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    listed = subprocess.run([TRAINLAB, "jobs", *url], capture_output=True, text=True)
+    assert job_id in listed.stdout and "succeeded" in listed.stdout
+    shown = subprocess.run([TRAINLAB, "status", job_id, *url], capture_output=True, text=True)
+    assert json.loads(shown.stdout)["status"] == "succeeded"
