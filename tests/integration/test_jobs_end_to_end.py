@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from service.specs import EXAMPLE_SPEC
@@ -113,3 +115,28 @@ def test_cli_submits_and_waits(embedded_stack: Stack, tmp_path: Path) -> None:
     assert job_id in listed.stdout and "succeeded" in listed.stdout
     shown = subprocess.run([TRAINLAB, "status", job_id, *url], capture_output=True, text=True)
     assert json.loads(shown.stdout)["status"] == "succeeded"
+
+
+def test_uploaded_dataset_trains_a_cnn(stack: Stack) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=300)
+    signals = rng.normal(size=(300, 24)).astype(np.float32) + labels[:, None]
+    buffer = io.BytesIO()
+    np.savez(buffer, x=signals, y=labels)
+    uploaded = stack.client.post(
+        "/v1/datasets",
+        files={"file": ("signals.npz", buffer.getvalue(), "application/octet-stream")},
+        data={"name": "signals"},
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    dataset = uploaded.json()
+    spec = {
+        "data": {"dataset": dataset["id"], "augment": {"shift": 2}},
+        "model": {"arch": "cnn", "depth": 2, "width": 8},
+        "train": {"epochs": 2, "batch_size": 32},
+        "telemetry": {"every_n_steps": 4, "histogram_bins": 8},
+    }
+    job = stack.wait_for(_submit(stack, spec)["id"], {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job["error"]
+    histograms = stack.client.get(f"/v1/jobs/{job['id']}/histograms").json()
+    assert histograms and all(sum(h["counts"]) > 0 for h in histograms)
