@@ -7,6 +7,7 @@ sigmoid, ReLU and batch norm, with NaN/Inf injected, and across SGD updates.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -341,3 +342,93 @@ def test_shared_activation_module_is_rejected() -> None:
     ]
     with pytest.raises(ValueError, match="shares its activation module"):
         TelemetryCollector(layers, activations=True)
+
+
+def _one_step(
+    collector: TelemetryCollector,
+    model: nn.Module,
+    layers: list[Tracked],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    capture: bool = True,
+) -> list[dict[str, float]]:
+    """One SGD step with telemetry; the reference statistics of that step."""
+    seen, remove = _record_activations(layers)
+    model.zero_grad()
+    context = collector.activation_capture() if capture else contextlib.nullcontext()
+    with context:
+        loss = nn.functional.cross_entropy(model(x), y)
+    remove()
+    torch.autograd.backward(loss)
+    refs = [reference_grad_stats(layer.module) for layer in layers]
+    collector.capture_gradients(step=1, epoch=1)
+    collector.capture_update()
+    for layer, ref in zip(layers, refs, strict=True):
+        del ref["weight_norm"]  # the weights moved; the collector saw them before the step
+        if capture and layer.activation_module is not None:
+            pre, post = seen[layer.info.index]
+            ref.update(reference_act_stats(pre, post, layer.saturation))
+    return refs
+
+
+def test_inplace_activation_sees_its_input_before_it_is_overwritten() -> None:
+    torch.manual_seed(0)
+    model, layers = mlp(lambda: nn.ReLU(inplace=True), "relu")
+    collector = TelemetryCollector(layers, activations=True)
+    x, y = _batch()
+    seen: dict[int, torch.Tensor] = {}
+    handles = [
+        layer.activation_module.register_forward_pre_hook(
+            lambda m, a, i=layer.info.index: seen.__setitem__(i, a[0].detach().clone())
+        )
+        for layer in layers
+        if layer.activation_module is not None
+    ]
+    refs = _one_step(collector, model, layers, x, y)
+    for handle in handles:
+        handle.remove()
+    batch = collector.flush()
+    assert batch is not None
+    for index, pre in seen.items():
+        refs[index]["preact_mean"] = pre.double().mean().item()
+        refs[index]["preact_std"] = pre.double().std(correction=0).item()
+        assert (pre < 0).any()  # the in-place ReLU would have zeroed these
+    _check_row(batch.values[0], layers, refs)
+
+
+def test_batch_size_change_and_step_without_capture() -> None:
+    torch.manual_seed(0)
+    model, layers = MODELS["relu"]()
+    collector = TelemetryCollector(layers, activations=True)
+    rows = [
+        _one_step(collector, model, layers, *_batch(1, n=32)),
+        _one_step(collector, model, layers, *_batch(2, n=7)),  # a short last batch
+        _one_step(collector, model, layers, *_batch(3, n=32), capture=False),
+        _one_step(collector, model, layers, *_batch(4, n=7)),
+    ]
+    batch = collector.flush()
+    assert batch is not None
+    for i, refs in enumerate(rows):
+        _check_row(batch.values[i], layers, refs)
+    assert np.isnan(batch.values[2, :, COL["act_mean"] :]).all()
+
+
+def test_copy_path_matches_the_direct_fp32_path() -> None:
+    """Histograms force the signed float32 copy (the bf16/fp16 path); statistics agree."""
+    torch.manual_seed(0)
+    model, layers = MODELS["tanh"]()
+    direct = TelemetryCollector(layers, activations=False)
+    copied = TelemetryCollector(layers, activations=False, histogram_bins=4)
+    x, y = _batch()
+    torch.autograd.backward(nn.functional.cross_entropy(model(x), y))
+    l1 = layers[1].module
+    assert isinstance(l1, nn.Linear) and l1.weight.grad is not None
+    l1.weight.grad[0, :4] = torch.tensor([math.nan, math.inf, -math.inf, 0.0])
+    for collector in (direct, copied):
+        collector.capture_gradients(step=1, epoch=1)
+    a, b = direct.flush(), copied.flush()
+    assert a is not None and b is not None
+    # atol: the output layer's mean gradient is ~0 (softmax gradients cancel).
+    np.testing.assert_allclose(a.values, b.values, rtol=1e-6, atol=1e-9, equal_nan=True)
+    assert a.values[0, 1, COL["nan_count"]] == 1 and a.values[0, 1, COL["inf_count"]] == 2
