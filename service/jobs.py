@@ -21,7 +21,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import queue
+from service import diagnosis, queue
 from service.config import Settings
 from service.db import repository
 from service.db.models import LAYER_STAT_COLUMNS, Job, Layer, LayerHistogram
@@ -356,6 +356,52 @@ def histograms(
     layers = repository.list_layers(session=session, job_id=job.id)
     return repository.list_histograms(
         session=session, job_id=job.id, layer_indexes=resolve_layers(layers, layer), step=step
+    )
+
+
+# --- diagnosis ------------------------------------------------------------------------
+
+DIAGNOSIS_STATS: tuple[str, ...] = ("grad_norm", "update_ratio", "act_saturation")
+DIAGNOSIS_MAX_STEPS = 2000
+
+
+def diagnose_job(*, session: Session, job: Job) -> list[diagnosis.Finding]:
+    """Findings from the job's stored rows: three bounded queries, then pure rules."""
+    layers = [
+        diagnosis.LayerInfo(
+            index=row.index,
+            name=row.name,
+            kind=row.kind,
+            activation=row.activation,
+            shape=tuple(row.shape or ()),
+        )
+        for row in repository.list_layers(session=session, job_id=job.id)
+    ]
+    rows = repository.list_late_layer_stats(
+        session=session, job_id=job.id, stats=DIAGNOSIS_STATS, max_steps=DIAGNOSIS_MAX_STEPS
+    )
+    stats = diagnosis.LayerStats.from_rows(
+        (tuple(row) for row in rows),
+        names=DIAGNOSIS_STATS,
+        first_nonfinite_step=repository.first_nonfinite_step(session=session, job_id=job.id),
+    )
+    metrics = [
+        diagnosis.EpochRow(
+            epoch=m.epoch,
+            train_loss=m.train_loss,
+            train_acc=m.train_acc,
+            val_loss=m.val_loss,
+            val_acc=m.val_acc,
+        )
+        for m in repository.list_epoch_metrics(session=session, job_id=job.id)
+    ]
+    return diagnosis.diagnose(
+        layers=layers,
+        stats=stats,
+        metrics=metrics,
+        job_status=job.status,
+        result=job.result,
+        spec=job.spec,
     )
 
 

@@ -459,6 +459,57 @@ def list_layer_stats(
     return session.execute(stmt).all()
 
 
+def list_late_layer_stats(
+    *, session: Session, job_id: str, stats: Sequence[str], max_steps: int = 2000
+) -> Sequence[Row[Any]]:
+    """Rows (layer_index, step, *stats) of the last half of the job's telemetry steps.
+
+    The window starts at the midpoint of the first and last recorded step. When it holds
+    more than ``max_steps`` steps, every s-th step is kept counting back from the last,
+    s = (n - 1) // max_steps + 1, so every layer has the same steps and the last one is
+    always there. Bounded whatever the job's length: at most ``max_steps`` x layers rows.
+    """
+    if max_steps < 1:
+        raise ValueError("max_steps must be at least 1")
+    unknown = set(stats) - set(LAYER_STAT_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown statistics: {sorted(unknown)}")
+    midpoint = (
+        select((func.min(LayerStat.step) + func.max(LayerStat.step)) // 2)
+        .where(LayerStat.job_id == job_id)
+        .scalar_subquery()
+    )
+    ranked = (
+        select(
+            LayerStat.layer_index,
+            LayerStat.step,
+            *(getattr(LayerStat, name) for name in stats),
+            func.dense_rank().over(order_by=LayerStat.step.desc()).label("r"),
+        )
+        .where(LayerStat.job_id == job_id, LayerStat.step >= midpoint)
+        .subquery()
+    )
+    counted = select(ranked, func.max(ranked.c.r).over().label("n")).subquery()
+    stride = (counted.c.n - 1) // max_steps + 1
+    stmt = (
+        select(counted.c.layer_index, counted.c.step, *(counted.c[s] for s in stats))
+        .where((counted.c.r - 1) % stride == 0)
+        .order_by(counted.c.step, counted.c.layer_index)
+    )
+    return session.execute(stmt).all()
+
+
+def first_nonfinite_step(*, session: Session, job_id: str) -> int | None:
+    """The first step at which any layer counted a NaN or Inf in its gradients."""
+    step = session.scalar(
+        select(func.min(LayerStat.step)).where(
+            LayerStat.job_id == job_id,
+            or_(LayerStat.nan_count > 0, LayerStat.inf_count > 0),
+        )
+    )
+    return None if step is None else int(step)
+
+
 def list_histograms(
     *,
     session: Session,

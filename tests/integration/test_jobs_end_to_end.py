@@ -65,6 +65,10 @@ def test_design_example_trains_and_records_every_layer(stack: Stack) -> None:
     first, last = series[0][-1]["grad_norm"], series[max(series) - 1][-1]["grad_norm"]
     assert first < last / 100
 
+    diagnosis = stack.client.get(f"/v1/jobs/{job['id']}/diagnosis").json()
+    vanishing = [f for f in diagnosis["findings"] if f["code"] == "vanishing_gradient"]
+    assert vanishing and 0 in vanishing[0]["layers"], diagnosis
+
 
 def test_training_error_fails_the_job_with_its_message(stack: Stack) -> None:
     spec = copy.deepcopy(EXAMPLE_SPEC)

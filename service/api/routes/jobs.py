@@ -10,7 +10,9 @@ from service import jobs
 from service.api.deps import IdempotencyKeyDep, JobDep, SessionDep, SettingsDep
 from service.api.schemas import (
     SPEC_EXAMPLES,
+    Diagnosis,
     EpochMetricRead,
+    FindingRead,
     Gradients,
     GradientSeries,
     HistogramRead,
@@ -169,3 +171,23 @@ def job_histograms(
 ) -> list[HistogramRead]:
     rows = jobs.histograms(session=session, job=job, layer=layer, step=step)
     return [HistogramRead.model_validate(row) for row in rows]
+
+
+@router.get(
+    "/{job_id}/diagnosis",
+    response_model=Diagnosis,
+    responses=error_responses(404, 422),
+    summary="What went wrong in training",
+    description="Rules over the stored statistics, computed at request time: "
+    "`vanishing_gradient`, `exploding_gradient`, `dead_units`, `saturation`, `overfitting`, "
+    "`divergence`, `not_learning`. Gradient and activation rules judge the last half of "
+    "the steps recorded so far, so a running job gets the findings so far and a queued "
+    "one an empty list.",
+)
+def job_diagnosis(job: JobDep, session: SessionDep) -> Diagnosis:
+    findings = jobs.diagnose_job(session=session, job=job)
+    return Diagnosis(
+        job_id=job.id,
+        status=job.status,
+        findings=[FindingRead.model_validate(f) for f in findings],
+    )
