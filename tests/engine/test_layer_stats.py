@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 
+from worker.engine import layer_stats
 from worker.engine.events import STAT_NAMES, LayerInfo, LayerStatsBatch
 from worker.engine.layer_stats import ROW, SaturationKind, TelemetryCollector
 
@@ -26,6 +27,15 @@ COL = {name: i for i, name in enumerate(STAT_NAMES)}
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["per_parameter", "matrix"])
+def grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both gradient paths: per parameter (big float32 parameters on a CPU; forced here
+    on tiny models) and the flat (rows, ROW) matrix."""
+    threshold = 1 if request.param == "per_parameter" else 1 << 40
+    monkeypatch.setattr(layer_stats, "PER_PARAM_MIN_NUMEL", threshold)
+    return str(request.param)
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,7 +170,7 @@ def _batch(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
-def test_every_statistic_matches_reference_over_sgd_steps(kind: str) -> None:
+def test_every_statistic_matches_reference_over_sgd_steps(kind: str, grad_path: str) -> None:
     torch.manual_seed(0)
     model, layers = MODELS[kind]()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -232,7 +242,7 @@ def test_saturated_sigmoid_and_dead_relu_fractions() -> None:
             assert batch.values[0, index, COL["act_saturation"]] == pytest.approx(want, abs=1e-6)
 
 
-def test_nan_and_inf_gradients_are_counted_and_rows_kept() -> None:
+def test_nan_and_inf_gradients_are_counted_and_rows_kept(grad_path: str) -> None:
     torch.manual_seed(0)
     model, layers = MODELS["relu"]()
     collector = TelemetryCollector(layers, activations=False)
@@ -261,7 +271,7 @@ def test_nan_and_inf_gradients_are_counted_and_rows_kept() -> None:
     assert np.isnan(row[:, COL["act_mean"] :]).all()
 
 
-def test_missing_grad_counts_as_zero_and_unfinished_update_is_nan() -> None:
+def test_missing_grad_counts_as_zero_and_unfinished_update_is_nan(grad_path: str) -> None:
     _, layers = MODELS["relu"]()
     collector = TelemetryCollector(layers, activations=True)
     collector.capture_gradients(step=1, epoch=1)  # no backward: every grad is None
@@ -397,7 +407,7 @@ def test_inplace_activation_sees_its_input_before_it_is_overwritten() -> None:
     _check_row(batch.values[0], layers, refs)
 
 
-def test_batch_size_change_and_step_without_capture() -> None:
+def test_batch_size_change_and_step_without_capture(grad_path: str) -> None:
     torch.manual_seed(0)
     model, layers = MODELS["relu"]()
     collector = TelemetryCollector(layers, activations=True)
@@ -414,8 +424,8 @@ def test_batch_size_change_and_step_without_capture() -> None:
     assert np.isnan(batch.values[2, :, COL["act_mean"] :]).all()
 
 
-def test_copy_path_matches_the_direct_fp32_path() -> None:
-    """Histograms force the signed float32 copy (the bf16/fp16 path); statistics agree."""
+def test_per_parameter_path_matches_the_matrix_path(grad_path: str) -> None:
+    """Histograms force the matrix path (as bf16/fp16 gradients do); statistics agree."""
     torch.manual_seed(0)
     model, layers = MODELS["tanh"]()
     direct = TelemetryCollector(layers, activations=False)
@@ -425,6 +435,7 @@ def test_copy_path_matches_the_direct_fp32_path() -> None:
     l1 = layers[1].module
     assert isinstance(l1, nn.Linear) and l1.weight.grad is not None
     l1.weight.grad[0, :4] = torch.tensor([math.nan, math.inf, -math.inf, 0.0])
+    assert direct._per_param == (grad_path == "per_parameter") and not copied._per_param
     for collector in (direct, copied):
         collector.capture_gradients(step=1, epoch=1)
     a, b = direct.flush(), copied.flush()

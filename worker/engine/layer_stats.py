@@ -209,6 +209,17 @@ _W_NORM, _UPDATE, _NAN, _INF = (_COL[n] for n in GRAD_STATS[5:])
 _ACT0 = _COL["act_mean"]
 assert STAT_NAMES[_ACT0:] == ("act_mean", "act_std", "act_saturation", "preact_mean", "preact_std")
 
+# Per-parameter statistics (one kernel per parameter per statistic, on data still in
+# cache) beat row-wise reductions over the flat matrix (a few kernels, on data that has
+# left the cache) on a CPU when parameters average at least this many elements.
+PER_PARAM_MIN_NUMEL = 8192
+
+# Layer totals: sum, sum of squares, weight sum of squares, non-zero count, max |g| bits,
+# (inf, NaN) counts or None.
+_Folded = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None
+]
+
 # Columns of the raw activation slots (float32, written by the hooks).
 _POST_SUM, _POST_NORM, _PRE_SUM, _PRE_NORM = range(4)
 
@@ -240,16 +251,26 @@ class TelemetryCollector:
         shape = (layout.rows, ROW)
         # |g| as float32 bits (sign cleared); then clamped to 0/1 for the non-zero count.
         self._bits = torch.zeros(shape, dtype=torch.int32, device=self.device)
-        self._bits_views = _views(self._bits.view(-1), layout)
         self._weights = torch.zeros(shape, dtype=torch.float32, device=self.device)
         self._weight_views = _views(self._weights.view(-1), layout)
         # Signed float32 gradients: only for bf16/fp16 gradients and histograms.
         self._grads: torch.Tensor | None = None
         self._grad_views: list[torch.Tensor] = []
         self._scratch: torch.Tensor | None = None  # histograms only
-        # Per-parameter gradient sums, written in place by torch.sum(out=...).
-        self._param_sums = torch.zeros(len(layout.params), device=self.device)
-        self._param_sum_slots = list(self._param_sums.unbind())
+        # The per-parameter path (CPU, big parameters): each statistic written in place
+        # (torch.sum(..., out=slot)): grad sum, grad norm, weight norm (float32) and
+        # max |g| bits, non-zero count (int32), per parameter.
+        sizes = [p.numel() for p in layout.params]
+        self._per_param = self.device.type == "cpu" and histogram_bins == 0
+        self._per_param &= sum(sizes) >= PER_PARAM_MIN_NUMEL * len(sizes)
+        n_params = len(sizes) if self._per_param else 0
+        self._param_f = torch.zeros((n_params, 3), device=self.device)
+        self._param_i = torch.zeros((n_params, 2), dtype=torch.int32, device=self.device)
+        self._pf_slots = [list(r.unbind()) for r in self._param_f.unbind()]
+        self._pi_slots = [list(r.unbind()) for r in self._param_i.unbind()]
+        self._param_scratch = torch.empty(
+            max(sizes) if self._per_param else 0, dtype=torch.int32, device=self.device
+        )
         # Activation slots of the current step, NaN until a hook writes them: post sum,
         # post norm, pre sum, pre norm (float32) and the post saturated or non-zero count
         # (float64), with the element counts (host ints) for the means.
@@ -405,61 +426,107 @@ class TelemetryCollector:
         ``GradScaler.unscale_``), before ``optimizer.step()``."""
         if self._open is not None:
             self._close_open(updated=False)
-        layout, n_layers, f64 = self._layout, self.n_layers, torch.float64
-        params = layout.params
+        params = self._layout.params
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        owner = layout.row_owner
-        total = torch.zeros(n_layers, dtype=f64, device=self.device)
-        bits = self._bits
-        if self.bins == 0 and all(g.dtype == torch.float32 for g in grads):
-            # One pass per gradient writes |g| (the copy and the abs at once) ...
-            for g, out, slot in zip(grads, self._bits_views, self._param_sum_slots, strict=True):
-                torch.bitwise_and(g.view(torch.int32), _ABS_MASK, out=out)
-                torch.sum(g, dim=None, out=slot)  # ... and one sums it in place.
-            total.index_add_(0, layout.param_owner, self._param_sums.double())
+        hist = None
+        if self._per_param and all(g.dtype == torch.float32 for g in grads):
+            folded = self._per_parameter_sums(grads)
         else:
-            signed = self._signed_grads()
-            torch._foreach_copy_(self._grad_views, grads)  # casts bf16/fp16
-            total.index_add_(0, owner, signed.sum(dim=1).double())
-            torch.bitwise_and(signed.view(torch.int32), _ABS_MASK, out=bits)
-        hist = self._histograms() if self.bins > 0 else None
-        torch._foreach_copy_(self._weight_views, params)
+            folded = self._matrix_sums(grads)
+            hist = self._histograms() if self.bins > 0 else None
+        self._open = (self._grad_row(*folded), hist, step, epoch)
+
+    def _per_parameter_sums(self, grads: list[torch.Tensor]) -> _Folded:
+        """Big float32 parameters on a CPU: every statistic of a gradient right after the
+        pass that brings it into cache, into preallocated slots; one shared scratch."""
+        layout, f64 = self._layout, torch.float64
+        scratch = self._param_scratch
+        for g, p, w, f, i in zip(
+            grads, layout.params, self._weight_views, self._pf_slots, self._pi_slots, strict=True
+        ):
+            bits = scratch[: g.numel()]
+            torch.bitwise_and(g.view(torch.int32), _ABS_MASK, out=bits.view(g.shape))
+            torch.sum(g, dim=None, out=f[0])
+            torch.linalg.vector_norm(g, out=f[1])
+            torch.amax(bits, dim=0, out=i[0])
+            torch.sum(bits.clamp_(max=1), dim=None, dtype=torch.int32, out=i[1])
+            w.copy_(p)
+            torch.linalg.vector_norm(w, out=f[2])
+        owner, n_layers = layout.param_owner, self.n_layers
+        per_param = self._param_f.double()  # (P, 3): sum, grad norm, weight norm
+        per_param[:, 1:].square_()
+        sums = torch.zeros((n_layers, 3), dtype=f64, device=self.device)
+        sums.index_add_(0, owner, per_param)
+        nonzero = torch.zeros(n_layers, dtype=f64, device=self.device)
+        nonzero.index_add_(0, owner, self._param_i[:, 1].double())
+        abs_max = torch.zeros(n_layers, dtype=torch.int32, device=self.device)
+        abs_max.scatter_reduce_(0, owner, self._param_i[:, 0], reduce="amax")
+        nonfinite = None
+        if int(self._param_i[:, 0].max()) >= _INF_BITS:  # rare; CPU only: no sync cost
+            counts = [torch.stack((g.isinf().sum(), g.isnan().sum())) for g in grads]
+            nonfinite = torch.zeros((n_layers, 2), dtype=f64, device=self.device)
+            nonfinite.index_add_(0, owner, torch.stack(counts).double())
+        return sums[:, 0], sums[:, 1], sums[:, 2], nonzero, abs_max, nonfinite
+
+    def _matrix_sums(self, grads: list[torch.Tensor]) -> _Folded:
+        """Small parameters, bf16/fp16, histograms, GPUs: one foreach copy into the
+        (rows, ROW) matrix, then each statistic is one row-wise reduction (few kernels)."""
+        layout, n_layers, f64 = self._layout, self.n_layers, torch.float64
+        owner, bits = layout.row_owner, self._bits
+        signed = self._signed_grads()
+        torch._foreach_copy_(self._grad_views, grads)  # casts bf16/fp16
+        torch._foreach_copy_(self._weight_views, layout.params)
         columns = [
-            torch.linalg.vector_norm(bits.view(torch.float32), dim=1),
+            signed.sum(dim=1),
+            torch.linalg.vector_norm(signed, dim=1),
             torch.linalg.vector_norm(self._weights, dim=1),
         ]
+        torch.bitwise_and(signed.view(torch.int32), _ABS_MASK, out=bits)
         row_max = bits.amax(dim=1)
         # On a CPU, reading a flag costs nothing (no device queue to drain) and NaN/Inf
         # are rare, so count them only when some max |g| is not finite; on a GPU always.
         count_nonfinite = self.device.type != "cpu" or int(row_max.max()) >= _INF_BITS
         if count_nonfinite:
-            columns.append((bits >= _INF_BITS).sum(dim=1, dtype=torch.int32))
-            columns.append((bits > _INF_BITS).sum(dim=1, dtype=torch.int32))
+            inf_or_nan = (bits >= _INF_BITS).sum(dim=1, dtype=torch.int32)
+            nan = (bits > _INF_BITS).sum(dim=1, dtype=torch.int32)
+            columns += [inf_or_nan - nan, nan]
         columns.append(bits.clamp_(max=1).sum(dim=1, dtype=torch.int32))  # non-zero count
         per_row = torch.stack(columns, dim=1).double()  # exact: counts <= ROW
-        per_row[:, :2].square_()
+        per_row[:, 1:3].square_()
         sums = torch.zeros((n_layers, len(columns)), dtype=f64, device=self.device)
         sums.index_add_(0, owner, per_row)
         # max |g| folds by max; on the bits, so a NaN row cannot hide behind a number.
         abs_max = torch.zeros(n_layers, dtype=torch.int32, device=self.device)
         abs_max.scatter_reduce_(0, owner, row_max, reduce="amax")
+        nonfinite = sums[:, 3:5] if count_nonfinite else None
+        return sums[:, 0], sums[:, 1], sums[:, 2], sums[:, -1], abs_max, nonfinite
 
-        numel = layout.numel
-        row = torch.empty((n_layers, N_STATS), dtype=f64, device=self.device)
-        sumsq = sums[:, 0]
+    def _grad_row(
+        self,
+        total: torch.Tensor,
+        sumsq: torch.Tensor,
+        w_sumsq: torch.Tensor,
+        nonzero: torch.Tensor,
+        abs_max: torch.Tensor,
+        nonfinite: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """A step's (L, N_STATS) float64 row from float64 layer totals (abs_max: int32
+        float bits; nonfinite: (L, 2) inf and NaN counts, None when there are none)."""
+        numel = self._layout.numel
+        row = torch.empty((self.n_layers, N_STATS), dtype=torch.float64, device=self.device)
         torch.sqrt(sumsq, out=row[:, _G_NORM])
         mean = torch.div(total, numel, out=row[:, _G_MEAN])
         var = torch.addcmul(sumsq / numel, mean, mean, value=-1.0, out=row[:, _G_STD])
         var.clamp_min_(0.0).sqrt_()
         row[:, _G_MAX].copy_(abs_max.view(torch.float32))
-        torch.div(numel - sums[:, -1], numel, out=row[:, _G_ZERO])
-        torch.sqrt(sums[:, 1], out=row[:, _W_NORM])
-        if count_nonfinite:
-            row[:, _NAN].copy_(sums[:, 3])
-            torch.sub(sums[:, 2], sums[:, 3], out=row[:, _INF])
-        else:
+        torch.div(numel - nonzero, numel, out=row[:, _G_ZERO])
+        torch.sqrt(w_sumsq, out=row[:, _W_NORM])
+        if nonfinite is None:
             row[:, _NAN : _INF + 1].zero_()
-        self._open = (row, hist, step, epoch)
+        else:
+            row[:, _NAN].copy_(nonfinite[:, 1])
+            row[:, _INF].copy_(nonfinite[:, 0])
+        return row
 
     def _signed_grads(self) -> torch.Tensor:
         if self._grads is None:
