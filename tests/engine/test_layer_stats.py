@@ -38,6 +38,14 @@ def grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return str(request.param)
 
 
+@pytest.fixture(params=["hooks", "stash"])
+def act_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both activation paths: reduced in the hooks (CPU) and stashed, then reduced per
+    group of same-sized tensors (GPU)."""
+    monkeypatch.setattr(layer_stats, "STASH_ACTIVATIONS_ON_CPU", request.param == "stash")
+    return str(request.param)
+
+
 @dataclass(frozen=True, eq=False)
 class Tracked:
     info: LayerInfo
@@ -170,7 +178,9 @@ def _batch(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
-def test_every_statistic_matches_reference_over_sgd_steps(kind: str, grad_path: str) -> None:
+def test_every_statistic_matches_reference_over_sgd_steps(
+    kind: str, grad_path: str, act_path: str
+) -> None:
     torch.manual_seed(0)
     model, layers = MODELS[kind]()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -217,7 +227,7 @@ def test_every_statistic_matches_reference_over_sgd_steps(kind: str, grad_path: 
     collector.close()
 
 
-def test_saturated_sigmoid_and_dead_relu_fractions() -> None:
+def test_saturated_sigmoid_and_dead_relu_fractions(act_path: str) -> None:
     torch.manual_seed(0)
     for kind in ("sigmoid", "relu"):
         model, layers = MODELS[kind]()
@@ -312,14 +322,16 @@ def test_histograms_match_histc_and_count_every_entry(bins: int) -> None:
         assert sum(abs(a - b) for a, b in zip(h.counts, want, strict=True)) <= 2
 
 
-def test_bf16_parameters_are_reduced_in_float32() -> None:
+def test_bf16_parameters_are_reduced_in_float32(act_path: str) -> None:
     torch.manual_seed(0)
     model, layers = MODELS["relu"]()
     model.to(torch.bfloat16)
     collector = TelemetryCollector(layers, activations=True)
     x, y = _batch()
+    seen, remove = _record_activations(layers)
     with collector.activation_capture():
         loss = nn.functional.cross_entropy(model(x.bfloat16()).float(), y)
+    remove()
     torch.autograd.backward(loss)
     refs = [reference_grad_stats(layer.module) for layer in layers]
     collector.capture_gradients(step=1, epoch=1)
@@ -330,7 +342,11 @@ def test_bf16_parameters_are_reduced_in_float32() -> None:
         got = batch.values[0, layer.info.index, COL["grad_norm"]]
         assert got == pytest.approx(ref["grad_norm"], rel=1e-5)
         assert batch.values[0, layer.info.index, COL["update_ratio"]] == 0.0
-    assert not np.isnan(batch.values[0, 0, COL["act_mean"]])
+    for index, (pre, post) in seen.items():  # bf16 activations, float32 accumulation
+        ref = reference_act_stats(pre, post, "relu")
+        for name, want in ref.items():
+            got = batch.values[0, index, COL[name]]
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-7), name
 
 
 def test_hooks_are_gone_outside_activation_capture_and_after_close() -> None:
@@ -382,7 +398,7 @@ def _one_step(
     return refs
 
 
-def test_inplace_activation_sees_its_input_before_it_is_overwritten() -> None:
+def test_inplace_activation_sees_its_input_before_it_is_overwritten(act_path: str) -> None:
     torch.manual_seed(0)
     model, layers = mlp(lambda: nn.ReLU(inplace=True), "relu")
     collector = TelemetryCollector(layers, activations=True)
@@ -407,7 +423,7 @@ def test_inplace_activation_sees_its_input_before_it_is_overwritten() -> None:
     _check_row(batch.values[0], layers, refs)
 
 
-def test_batch_size_change_and_step_without_capture(grad_path: str) -> None:
+def test_batch_size_change_and_step_without_capture(grad_path: str, act_path: str) -> None:
     torch.manual_seed(0)
     model, layers = MODELS["relu"]()
     collector = TelemetryCollector(layers, activations=True)

@@ -214,6 +214,11 @@ assert STAT_NAMES[_ACT0:] == ("act_mean", "act_std", "act_saturation", "preact_m
 # left the cache) on a CPU when parameters average at least this many elements.
 PER_PARAM_MIN_NUMEL = 8192
 
+# Activation hooks stash tensors for one grouped reduction after the forward on GPUs
+# (fewer kernel launches); on a CPU they reduce each tensor at once. True: stash on
+# CPUs too (tests run the GPU path this way).
+STASH_ACTIVATIONS_ON_CPU = False
+
 # Layer totals: sum, sum of squares, weight sum of squares, non-zero count, max |g| bits,
 # (inf, NaN) counts or None.
 _Folded = tuple[
@@ -283,6 +288,11 @@ class TelemetryCollector:
         self._n_pre = [1] * n_layers
         self._act_recorded = False
         self._act_bits = torch.empty(0, dtype=torch.int32, device=self.device)
+        # GPU: stash in the hooks, reduce per group after the forward (fewer launches).
+        self._stash_activations = self.device.type != "cpu" or STASH_ACTIVATIONS_ON_CPU
+        self._stash: dict[tuple[int, int], torch.Tensor] = {}  # (layer, 0 post / 1 pre)
+        self._index_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._stack_cache: dict[tuple[int, int, str], torch.Tensor] = {}
         self._count_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         # act_saturation = offset + count / (n·sign): ReLU hooks count non-zeros.
         relu = [layer.saturation == "relu" for layer in self.layers]
@@ -334,25 +344,35 @@ class TelemetryCollector:
                 m = layer.activation_module
                 if m is None:
                     continue
-                self._hooks.append(m.register_forward_pre_hook(self._pre_hook(index)))
+                self._hooks.append(m.register_forward_pre_hook(self._pre_hook(index, m)))
                 self._hooks.append(m.register_forward_hook(self._post_hook(index, layer)))
             self._act_recorded = True
             yield
         finally:
             self._remove_hooks()
+            if self._stash:
+                with torch.no_grad():
+                    self._reduce_stash()
 
-    # Each hook reduces its tensor at once, while it is still in cache: a sum and a norm
-    # written into a preallocated slot (torch.sum(out=...)), no copy, nothing stashed.
-    # The pre-hook runs before the module, so an in-place activation needs no clone.
+    # On a CPU each hook reduces its tensor at once, while it is still in cache: a sum and
+    # a norm written into a preallocated slot (torch.sum(out=...)), no copy, nothing
+    # stashed; the pre-hook runs before the module, so an in-place activation needs no
+    # clone. On a GPU, where a step is bound by kernel launches, hooks only stash the
+    # tensors and _reduce_stash() reduces every group of same-sized ones at once.
 
-    def _pre_hook(self, index: int) -> _PreHook:
+    def _pre_hook(self, index: int, module: nn.Module) -> _PreHook:
         total, norm = self._act_slots[index][_PRE_SUM], self._act_slots[index][_PRE_NORM]
         counts = self._n_pre
+        inplace = bool(getattr(module, "inplace", False))
 
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             x = args[0].detach()
-            sum_and_norm_(x, total, norm)
             counts[index] = max(x.numel(), 1)
+            if self._stash_activations:
+                # An in-place activation would overwrite the stashed input: copy it.
+                self._stash[(index, 1)] = x.clone() if inplace else x
+            else:
+                sum_and_norm_(x, total, norm)
 
         return hook
 
@@ -364,14 +384,58 @@ class TelemetryCollector:
 
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             y = out.detach()
-            sum_and_norm_(y, total, norm)
             counts[index] = max(y.numel(), 1)
+            if self._stash_activations:
+                self._stash[(index, 0)] = y
+                return
+            sum_and_norm_(y, total, norm)
             if kind == "relu":  # the non-zero count; _activation_columns turns it around
                 sat.copy_(nonzero_count(y, self._act_scratch(y.numel())))
             elif kind != "none":
                 sat.copy_(saturated_count(y, kind))
 
         return hook
+
+    def _reduce_stash(self) -> None:
+        """The stashed activations into the same slots as the CPU hooks: per group of
+        same-sized tensors, one stacked buffer and a few row-wise kernels."""
+        groups: dict[tuple[int, int, SaturationKind], list[int]] = {}
+        for (index, slot), t in self._stash.items():
+            kind: SaturationKind = self.layers[index].saturation if slot == 0 else "none"
+            groups.setdefault((slot, t.numel(), kind), []).append(index)
+        for (slot, n, kind), indices in groups.items():
+            stacked = self._stack_buffer((slot, n, kind), len(indices), n)
+            for row, i in enumerate(indices):
+                stacked[row].copy_(self._stash[(i, slot)].reshape(-1))  # casts bf16/fp16
+            rows = self._index_tensor(indices)
+            total, norm = (_POST_SUM, _POST_NORM) if slot == 0 else (_PRE_SUM, _PRE_NORM)
+            self._act[rows, total] = stacked.sum(dim=1)
+            self._act[rows, norm] = torch.linalg.vector_norm(stacked, dim=1)
+            if kind == "relu":  # non-zero counts, as the CPU hook writes them
+                bits = stacked.view(torch.int32).bitwise_and_(_ABS_MASK).clamp_(max=1)
+                self._sat[rows] = bits.sum(dim=1, dtype=torch.int32).double()
+            elif kind == "sigmoid":
+                at_bound = (stacked <= SATURATION_EPS) | (stacked >= 1.0 - SATURATION_EPS)
+                self._sat[rows] = at_bound.sum(dim=1, dtype=torch.int32).double()
+            elif kind == "tanh":
+                at_bound = stacked.abs() >= 1.0 - SATURATION_EPS
+                self._sat[rows] = at_bound.sum(dim=1, dtype=torch.int32).double()
+        self._stash.clear()
+
+    def _stack_buffer(self, key: tuple[int, int, str], rows: int, n: int) -> torch.Tensor:
+        # Reused across steps: fresh activation-sized buffers cost page faults on CPUs.
+        buf = self._stack_cache.get(key)
+        if buf is None or buf.shape != (rows, n):
+            buf = self._stack_cache[key] = torch.empty(rows, max(n, 1), device=self.device)
+        return buf
+
+    def _index_tensor(self, indices: list[int]) -> torch.Tensor:
+        # Cached: building it is a host-to-device copy, done once per layer group.
+        key = tuple(indices)
+        cached = self._index_cache.get(key)
+        if cached is None:
+            cached = self._index_cache[key] = torch.tensor(indices, device=self.device)
+        return cached
 
     def _act_scratch(self, n: int) -> torch.Tensor:
         # Reused across hooks and steps: fresh activation-sized buffers cost page faults.
