@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.specs import SpecLimits
@@ -55,9 +55,26 @@ class Settings(BaseSettings):
         "by worker_concurrency (oversubscribing OpenMP threads makes steps 50x slower).",
     )
     worker_queues: str = Field("cpu", description="Comma-separated queues a worker consumes.")
+    heartbeat_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between a training worker's heartbeats."
+    )
+    stale_job_after_s: float = Field(
+        120.0,
+        gt=0,
+        description="A running job without a heartbeat for this long is failed as lost.",
+    )
     telemetry_flush_steps: int = Field(
         32, ge=1, description="Telemetry steps buffered on the device before one host copy."
     )
+
+    @model_validator(mode="after")
+    def _heartbeats_fit_in_the_stale_window(self) -> Settings:
+        if self.stale_job_after_s < 3 * self.heartbeat_interval_s:
+            raise ValueError(
+                "stale_job_after_s must be at least 3 heartbeat intervals, or a slow "
+                "database write would fail a healthy job"
+            )
+        return self
 
     @property
     def resolved_database_url(self) -> str:

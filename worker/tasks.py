@@ -10,12 +10,15 @@ import io
 import logging
 import socket
 import threading
+import time
 import traceback
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings, get_settings
@@ -37,18 +40,30 @@ def _session_factory(url: str) -> sessionmaker[Session]:
     return make_session_factory(make_engine(url))
 
 
-class CancelWatcher:
-    """Polls the job's cancel flag off the training thread, so a step never waits on SQL."""
+class JobWatcher:
+    """Off the training thread: polls the job's cancel flag and writes its heartbeat.
 
-    def __init__(self, session_factory: SessionFactory, job_id: str, interval_s: float) -> None:
+    A step never waits on SQL; the heartbeat lets any worker's reaper tell a job whose
+    worker died (killed, out of memory) from one that is still training.
+    """
+
+    def __init__(
+        self,
+        session_factory: SessionFactory,
+        job_id: str,
+        *,
+        poll_s: float,
+        heartbeat_s: float,
+    ) -> None:
         self._session_factory = session_factory
         self._job_id = job_id
-        self._interval_s = interval_s
+        self._poll_s = poll_s
+        self._heartbeat_s = heartbeat_s
         self._requested = threading.Event()
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name=f"cancel-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"watch-{job_id}", daemon=True)
 
-    def __enter__(self) -> CancelWatcher:
+    def __enter__(self) -> JobWatcher:
         self._thread.start()
         return self
 
@@ -56,18 +71,23 @@ class CancelWatcher:
         self._done.set()
         self._thread.join()
 
-    def requested(self) -> bool:
+    def cancel_requested(self) -> bool:
         return self._requested.is_set()
 
-    def _poll(self) -> None:
-        while not self._done.wait(self._interval_s):
+    def _run(self) -> None:
+        last_beat = time.monotonic()
+        while not self._done.wait(self._poll_s):
             try:
-                with self._session_factory() as session:
-                    if repository.is_cancel_requested(session=session, job_id=self._job_id):
+                with self._session_factory() as session, session.begin():
+                    if not self._requested.is_set() and repository.is_cancel_requested(
+                        session=session, job_id=self._job_id
+                    ):
                         self._requested.set()
-                        return
+                    if time.monotonic() - last_beat >= self._heartbeat_s:
+                        repository.record_heartbeat(session=session, job_id=self._job_id)
+                        last_beat = time.monotonic()
             except Exception:  # a transient DB error must not kill the job
-                logger.warning("cancel poll failed for job %s", self._job_id, exc_info=True)
+                logger.warning("watching job %s failed", self._job_id, exc_info=True)
 
 
 def _load_uploaded_arrays(
@@ -122,12 +142,17 @@ def run_job(
         )
         with (
             Recorder(session_factory, job_id) as recorder,
-            CancelWatcher(session_factory, job_id, cancel_poll_s) as watcher,
+            JobWatcher(
+                session_factory,
+                job_id,
+                poll_s=cancel_poll_s,
+                heartbeat_s=settings.heartbeat_interval_s,
+            ) as watcher,
         ):
             result = train(
                 spec,
                 on_event=recorder.handle,
-                should_stop=watcher.requested,
+                should_stop=watcher.cancel_requested,
                 cache_dir=settings.cache_dir,
                 arrays=arrays,
                 flush_every=settings.telemetry_flush_steps,
@@ -145,6 +170,56 @@ def run_job(
         if not isinstance(exc, Exception):
             raise
         return "failed"
+
+
+def fail_stale_jobs(settings: Settings) -> list[str]:
+    """Fail running jobs whose heartbeat stopped: their worker is gone."""
+    stale_before = datetime.now(UTC) - timedelta(seconds=settings.stale_job_after_s)
+    session_factory = _session_factory(settings.resolved_database_url)
+    with session_factory() as session, session.begin():
+        job_ids = repository.fail_stale_jobs(session=session, stale_before=stale_before)
+    for job_id in job_ids:
+        logger.warning("job %s failed: its worker stopped sending heartbeats", job_id)
+    return job_ids
+
+
+class StaleJobReaper:
+    """Runs in each worker's main process, which outlives the children that train."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stale-job-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        interval = max(self._settings.stale_job_after_s / 4, 0.5)
+        while not self._stop.wait(interval):
+            try:
+                fail_stale_jobs(self._settings)
+            except Exception:
+                logger.warning("stale-job sweep failed", exc_info=True)
+
+
+_reaper: StaleJobReaper | None = None
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    global _reaper
+    _reaper = StaleJobReaper(get_settings())
+    _reaper.start()
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()
 
 
 @app.task(name=TRAIN_TASK, bind=True, acks_late=True, ignore_result=True)

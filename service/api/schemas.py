@@ -81,6 +81,9 @@ class JobRead(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None = Field(
+        description="Last sign of life from the worker training it (running jobs)."
+    )
     worker: str | None
     device: str | None
     queue: str

@@ -61,6 +61,7 @@ class Job(Base):
         ),
         Index("ix_job_status_created_at", "status", "created_at"),
         Index("ix_job_created_at_id", "created_at", "id"),
+        Index("ix_job_status_heartbeat_at", "status", "heartbeat_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -78,6 +79,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Written by the worker while it trains; a running job whose heartbeat stops was lost
+    # with its worker (killed, out of memory, machine gone).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     device: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

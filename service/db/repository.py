@@ -125,12 +125,43 @@ def claim_job(*, session: Session, job_id: str, worker: str) -> Job | None:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-        .values(status="running", started_at=utcnow(), worker=worker)
+        .values(status="running", started_at=(now := utcnow()), heartbeat_at=now, worker=worker)
         .execution_options(synchronize_session=False)
     )
     if _rowcount(result) != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)
+
+
+def record_heartbeat(*, session: Session, job_id: str) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(heartbeat_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def fail_stale_jobs(*, session: Session, stale_before: datetime) -> list[str]:
+    """Fail running jobs whose worker stopped writing heartbeats; return their ids."""
+    stale = (
+        select(Job.id)
+        .where(Job.status == "running", Job.heartbeat_at < stale_before)
+        .with_for_update(skip_locked=True)
+    )
+    job_ids = list(session.scalars(stale))
+    if job_ids:
+        error = (
+            f"worker lost: no heartbeat since before {stale_before.isoformat()} "
+            "(the worker process was killed or its machine stopped); resubmit the job"
+        )
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == "running")
+            .values(status="failed", error=error, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return job_ids
 
 
 def save_run_plan(

@@ -35,6 +35,14 @@ class Stack:
     url: str
     client: httpx.Client
     log_dir: Path
+    root_pid: int  # the process the stack was started as
+
+    def worker_pool_pids(self) -> list[int]:
+        """The Celery pool processes that run tasks (children of the worker process)."""
+        family = [self.root_pid, *_descendants(self.root_pid)]
+        celery = [p for p in family if b"celery" in _cmdline(p)]
+        workers = set(celery)
+        return [p for p in celery if _parent(p) in workers]
 
     def wait_for(self, job_id: str, statuses: set[str], timeout: float = 180) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -48,6 +56,32 @@ class Stack:
 
     def logs(self) -> str:
         return "\n".join(p.read_text()[-4000:] for p in sorted(self.log_dir.glob("*.log")))
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _descendants(root: int) -> list[int]:
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    parents = {pid: _parent(pid) for pid in pids}
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found.extend(children)
+        frontier = children
+    return found
 
 
 def _free_port() -> int:
@@ -92,6 +126,9 @@ def _base_env(data_dir: Path) -> dict[str, str]:
     env.update(
         TRAINLAB_DATA_DIR=str(data_dir),
         TRAINLAB_TORCH_THREADS="1",
+        # Short enough for the lost-worker test to see the reaper within seconds.
+        TRAINLAB_HEARTBEAT_INTERVAL_S="0.5",
+        TRAINLAB_STALE_JOB_AFTER_S="3",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -124,7 +161,7 @@ def embedded_stack(
     try:
         _wait_ready(url, [process], log_dir)
         with httpx.Client(base_url=url, timeout=30) as client:
-            yield Stack(url=url, client=client, log_dir=log_dir)
+            yield Stack(url=url, client=client, log_dir=log_dir, root_pid=process.pid)
     finally:
         # SIGINT is what a person's Ctrl-C sends: uvicorn then stops the worker too.
         process.send_signal(2)
@@ -195,7 +232,7 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory, mnist1d_cache: Path)
     try:
         _wait_ready(url, processes, log_dir)
         with httpx.Client(base_url=url, timeout=30) as client:
-            yield Stack(url=url, client=client, log_dir=log_dir)
+            yield Stack(url=url, client=client, log_dir=log_dir, root_pid=processes[0].pid)
     finally:
         _stop(processes)
         _drop_database(database_url)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -144,3 +146,29 @@ def test_uploaded_dataset_trains_a_cnn(stack: Stack) -> None:
     assert job["status"] == "succeeded", job["error"]
     histograms = stack.client.get(f"/v1/jobs/{job['id']}/histograms").json()
     assert histograms and all(sum(h["counts"]) > 0 for h in histograms)
+
+
+def test_job_of_a_killed_worker_process_fails_instead_of_running_forever(stack: Stack) -> None:
+    spec = copy.deepcopy(EXAMPLE_SPEC)
+    spec["model"]["depth"] = 4
+    spec["train"]["epochs"] = 500
+    job = _submit(stack, spec)
+    deadline = time.monotonic() + 120
+    while job["status"] != "running" or job["progress"]["step"] == 0:
+        assert time.monotonic() < deadline and job["status"] in {"queued", "running"}, job
+        time.sleep(0.1)
+        job = stack.client.get(f"/v1/jobs/{job['id']}").json()
+    pool = stack.worker_pool_pids()
+    assert pool, "no Celery pool process found"
+    for pid in pool:
+        os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
+
+    job = stack.wait_for(job["id"], {"failed", "succeeded", "cancelled"}, timeout=60)
+    assert job["status"] == "failed", job
+    assert "worker lost" in job["error"]
+    # The worker replaced its pool process: the stack still trains.
+    small = copy.deepcopy(EXAMPLE_SPEC)
+    small["model"]["depth"] = 2
+    assert stack.wait_for(_submit(stack, small)["id"], {"succeeded", "failed"})["status"] == (
+        "succeeded"
+    )

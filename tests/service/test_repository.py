@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from service.db import repository
@@ -181,3 +182,43 @@ def test_result_with_numpy_scalars_and_nan_is_stored_as_json(session: Session) -
     job = repository.get_job(session=session, job_id=job_id)
     assert job is not None
     assert job.result == {"steps": 7, "val_loss": "NaN", "ok": True, "d": "cpu"}
+
+
+def test_stale_running_jobs_fail_and_live_ones_stay(session: Session) -> None:
+    stale_id, live_id, queued_id = _job(session), _job(session), _job(session)
+    for job_id in (stale_id, live_id):
+        repository.claim_job(session=session, job_id=job_id, worker="w")
+    session.commit()
+    cutoff = datetime.now(UTC) + timedelta(seconds=1)  # both heartbeats are older
+    repository.record_heartbeat(session=session, job_id=live_id)
+    session.execute(
+        update(Job).where(Job.id == live_id).values(heartbeat_at=cutoff + timedelta(seconds=5))
+    )
+    session.commit()
+
+    assert repository.fail_stale_jobs(session=session, stale_before=cutoff) == [stale_id]
+    session.commit()
+    states = {
+        job.id: (job.status, job.error)
+        for job in session.scalars(select(Job).execution_options(populate_existing=True))
+    }
+    assert states[stale_id][0] == "failed" and "worker lost" in (states[stale_id][1] or "")
+    assert states[live_id] == ("running", None)
+    assert states[queued_id] == ("queued", None)
+    assert repository.fail_stale_jobs(session=session, stale_before=cutoff) == []
+
+
+def test_heartbeat_moves_forward_only_while_running(session: Session) -> None:
+    job_id = _job(session)
+    repository.record_heartbeat(session=session, job_id=job_id)
+    session.commit()
+    job = repository.get_job(session=session, job_id=job_id)
+    assert job is not None and job.heartbeat_at is None  # queued: no heartbeat
+    claimed = repository.claim_job(session=session, job_id=job_id, worker="w")
+    assert claimed is not None and claimed.heartbeat_at is not None
+    first = claimed.heartbeat_at
+    session.commit()
+    repository.record_heartbeat(session=session, job_id=job_id)
+    session.commit()
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None and job.heartbeat_at is not None and job.heartbeat_at >= first
