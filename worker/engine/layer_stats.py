@@ -20,21 +20,23 @@ gradient (large allocations are fresh mmaps on the CPU: page faults each time). 
   preallocated buffer, padded to a whole number of rows of ``ROW`` elements, so the
   buffer is a ``(rows, ROW)`` matrix and each row belongs to exactly one layer. The
   padding is zero, which no statistic counts (sums, norms, max |g|, non-zero counts).
-* A telemetry step writes ``|g|`` of every float32 gradient into an int32 matrix as
-  float bits with the sign cleared (``g.view(int32) & 0x7fffffff``: the copy and the
-  absolute value in one pass) and sums each gradient where it lies. Over the matrix,
-  each remaining statistic is ONE row-wise reduction: the norm of ``|g|`` (= the norm of
-  ``g``), the max of the bits (= the bits of max |g|, NaN above Inf), and after clamping
-  the bits at 1, their sum (= the non-zero count). ``index_add_`` folds rows into layers
-  in float64. bf16/fp16 gradients, and steps with histograms, are copied (cast) into a
-  float32 matrix first and summed by rows.
-* Weights are snapshotted into a second matrix with one ``_foreach_copy_``; after
-  ``optimizer.step()`` ``_foreach_sub_`` turns the snapshot into ``w_before - w_after``
-  in place.
-* Activation hooks reduce each tensor as it is produced (still in cache; an in-place
-  activation's input needs no copy): sum and norm written straight into preallocated
-  slots, plus the saturated count for the output. One vectorized pass per step turns
-  the slots into means and stds.
+* Gradients, on a CPU with big float32 parameters (>= PER_PARAM_MIN_NUMEL elements on
+  average): one parameter at a time, ``|g|`` is written as float bits with the sign
+  cleared (``g.view(int32) & 0x7fffffff``) into a shared scratch, and while the gradient
+  is still in cache its sum and norm, the max of the bits (= the bits of max |g|, NaN
+  above Inf) and, after clamping the bits at 1, their sum (= the non-zero count) go into
+  preallocated slots (``torch.sum(..., out=slot)``). Otherwise (small parameters,
+  bf16/fp16, histograms, GPUs): one ``_foreach_copy_`` into a float32 ``(rows, ROW)``
+  matrix (casting bf16/fp16), and each statistic is ONE row-wise reduction over it.
+  Either way ``index_add_`` folds parameters or rows into layers in float64.
+* Weights are snapshotted into a second matrix (per parameter with the norm, or one
+  ``_foreach_copy_``); after ``optimizer.step()`` ``_foreach_sub_`` turns the snapshot
+  into ``w_before - w_after`` in place.
+* Activations: on a CPU each hook reduces its tensor as it is produced (sum and norm
+  into slots, plus the saturated count of the output; the pre-hook runs before the
+  module, so an in-place activation needs no copy). On a GPU, hooks only stash the
+  tensors and each group of same-sized ones is stacked and reduced at once (fewer
+  kernel launches). One vectorized pass per step turns the slots into means and stds.
 
 Conventions: ``grad_std`` is the population std (divides by n, i.e. ``correction=0``),
 computed as ``sqrt(E[g²] - E[g]²)`` from float64 layer totals; ``act_std`` and
