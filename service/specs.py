@@ -28,6 +28,7 @@ BUILTIN_LAYOUT: dict[str, Literal["table", "seq", "image"]] = {
     "blobs": "table",
 }
 UPLOADED_DATASET_ID = re.compile(r"^ds_[0-9a-f]{12}$")
+DATASET_PATTERN = rf"^({'|'.join(BUILTIN_DATASETS)}|ds_[0-9a-f]{{12}})$"
 
 Activation = Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "silu"]
 Norm = Literal["none", "batch", "layer"]
@@ -64,6 +65,8 @@ class DataSpec(_Strict):
         "mnist1d",
         description="A built-in dataset (mnist1d, digits, spirals, moons, circles, blobs) "
         "or the id of an uploaded one (ds_...).",
+        # Documented for clients; the validator below gives the friendlier error.
+        json_schema_extra={"pattern": DATASET_PATTERN},
     )
     train_size: int | None = Field(
         None, ge=1, le=1_000_000, description="Seeded subset size; null takes all."
