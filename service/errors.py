@@ -29,14 +29,18 @@ class ErrorItem:
             "type": self.type,
             "loc": list(self.loc),
             "msg": self.msg,
-            "input": _json(self.input),
+            "input": json_safe_input(self.input),
         }
 
 
-def _json(value: Any) -> Any:
-    """Non-finite floats are not JSON: echo them back as strings."""
+def json_safe_input(value: Any) -> Any:
+    """Non-finite floats are not JSON: echo them back as strings, also inside containers."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe_input(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe_input(v) for v in value]
     return value
 
 

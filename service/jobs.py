@@ -62,18 +62,8 @@ def validate_spec(*, session: Session, settings: Settings, spec: ExperimentSpec)
         else:
             uploaded_ndim = len(dataset.x_shape)
     issues.extend(check_spec(spec, settings.spec_limits, uploaded_ndim=uploaded_ndim))
-    issues.extend(_non_finite(spec.model_dump(mode="json"), ()))
     if issues:
         raise SpecInvalid(issues, spec.model_dump(mode="json"))
-
-
-def _non_finite(value: Any, loc: tuple[str, ...]) -> list[SpecIssue]:
-    """Infinity passes some field bounds (e.g. grad_clip > 0) but is not storable JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return [SpecIssue(loc, "must be a finite number")]
-    if isinstance(value, dict):
-        return [issue for k, v in value.items() for issue in _non_finite(v, (*loc, str(k)))]
-    return []
 
 
 def _replay(job: Job, body_hash: str, key: str) -> Job:

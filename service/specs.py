@@ -43,8 +43,9 @@ Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 class _Strict(BaseModel):
     # Unknown fields are an error: a typo such as "activaton" must not silently train
-    # the default model.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # the default model. Infinity and NaN are too: no bound means anything for them, and
+    # JSON cannot store them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AugmentSpec(_Strict):
@@ -178,7 +179,10 @@ class ExperimentSpec(_Strict):
     """One training run: data, model, optimisation and what to record."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, json_schema_extra={"examples": [EXAMPLE_SPEC]}
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        json_schema_extra={"examples": [EXAMPLE_SPEC]},
     )
 
     name: str = Field("", max_length=200)

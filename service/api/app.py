@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -22,7 +24,7 @@ from service.api.routes import jobs as job_routes
 from service.api.schemas import error_responses
 from service.config import Settings, get_settings
 from service.db.session import make_engine, make_session_factory
-from service.errors import ServiceError
+from service.errors import ServiceError, json_safe_input
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,14 @@ async def service_error_handler(_request: Request, exc: Exception) -> JSONRespon
     """The one place where typed errors become HTTP responses."""
     assert isinstance(exc, ServiceError)
     return JSONResponse({"detail": exc.detail()}, exc.status_code, headers=exc.headers)
+
+
+async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, except that inputs it cannot write as JSON (1e400 parses to inf)
+    are echoed as strings instead of turning the 422 into a 500."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{**error, "input": json_safe_input(error.get("input"))} for error in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
 
 
 class BodyLimitMiddleware:
@@ -207,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = registry
 
     app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(_v1_router())
     app.include_router(health.router)
     app.add_api_route("/", _to_docs, include_in_schema=False)

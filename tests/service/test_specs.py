@@ -92,3 +92,16 @@ def test_bad_input_never_500(client: TestClient) -> None:
     for case in cases:
         response = client.post("/v1/jobs", **case)
         assert response.status_code == 422, (case, response.text)
+
+
+def test_infinite_number_is_a_422_at_its_field(client: TestClient) -> None:
+    response = client.post(
+        "/v1/jobs",
+        content=b'{"train": {"grad_clip": 1e400}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "train", "grad_clip"]
+    assert error["input"] == "inf"
+    assert "finite" in error["msg"]
