@@ -29,6 +29,23 @@ def _submit(stack: Stack, spec: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
+def _long_job(stack: Stack) -> dict[str, Any]:
+    spec = copy.deepcopy(EXAMPLE_SPEC)
+    spec["model"]["depth"] = 4
+    spec["train"]["epochs"] = 500
+    return _submit(stack, spec)
+
+
+def _wait_until_training(stack: Stack, job: dict[str, Any]) -> dict[str, Any]:
+    """Poll until the job runs and has taken at least one step."""
+    deadline = time.monotonic() + 120
+    while job["status"] != "running" or job["progress"]["step"] == 0:
+        assert time.monotonic() < deadline and job["status"] in {"queued", "running"}, job
+        time.sleep(0.1)
+        job = stack.client.get(f"/v1/jobs/{job['id']}").json()
+    return job
+
+
 def test_design_example_trains_and_records_every_layer(stack: Stack) -> None:
     job = _submit(stack, EXAMPLE_SPEC)
     assert job["status"] == "queued"
@@ -84,15 +101,7 @@ def test_training_error_fails_the_job_with_its_message(stack: Stack) -> None:
 
 
 def test_cancel_stops_running_job(stack: Stack) -> None:
-    spec = copy.deepcopy(EXAMPLE_SPEC)
-    spec["model"]["depth"] = 4
-    spec["train"]["epochs"] = 500
-    job = _submit(stack, spec)
-    deadline = time.monotonic() + 120
-    while job["status"] != "running" or job["progress"]["step"] == 0:
-        assert time.monotonic() < deadline and job["status"] in {"queued", "running"}, job
-        time.sleep(0.1)
-        job = stack.client.get(f"/v1/jobs/{job['id']}").json()
+    job = _wait_until_training(stack, _long_job(stack))
 
     response = stack.client.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code in (200, 202), response.text
@@ -149,15 +158,7 @@ def test_uploaded_dataset_trains_a_cnn(stack: Stack) -> None:
 
 
 def test_job_of_a_killed_worker_process_fails_instead_of_running_forever(stack: Stack) -> None:
-    spec = copy.deepcopy(EXAMPLE_SPEC)
-    spec["model"]["depth"] = 4
-    spec["train"]["epochs"] = 500
-    job = _submit(stack, spec)
-    deadline = time.monotonic() + 120
-    while job["status"] != "running" or job["progress"]["step"] == 0:
-        assert time.monotonic() < deadline and job["status"] in {"queued", "running"}, job
-        time.sleep(0.1)
-        job = stack.client.get(f"/v1/jobs/{job['id']}").json()
+    job = _wait_until_training(stack, _long_job(stack))
     pool = stack.worker_pool_pids()
     assert pool, "no Celery pool process found"
     for pid in pool:

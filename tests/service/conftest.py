@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from service.api.app import create_app
 from service.config import Settings
+from service.db import repository
 from service.db.base import Base
 from service.db.migrate import upgrade_database
 from service.db.session import make_engine, make_session_factory
@@ -140,3 +142,16 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture
 def queue_dir(settings: Settings) -> Path:
     return settings.broker_folder / "queue"
+
+
+def start_running_job(
+    client: TestClient, session: Session, layers: Sequence[Mapping[str, Any]]
+) -> str:
+    """A job submitted over HTTP, claimed by a pretend worker, with its layer plan."""
+    job_id: str = client.post("/v1/jobs", json={"name": "t"}).json()["id"]
+    repository.claim_job(session=session, job_id=job_id, worker="w")
+    repository.save_run_plan(
+        session=session, job_id=job_id, layers=layers, total_steps=100, epochs=2, device="cpu"
+    )
+    session.commit()
+    return job_id

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.db import repository
 from service.db.models import LAYER_STAT_COLUMNS
+from tests.service.conftest import start_running_job
 
 LAYERS = [
     {
@@ -42,13 +43,7 @@ LAYERS = [
 
 
 def _running_job(client: TestClient, session: Session) -> str:
-    job_id: str = client.post("/v1/jobs", json={"name": "t"}).json()["id"]
-    repository.claim_job(session=session, job_id=job_id, worker="w")
-    repository.save_run_plan(
-        session=session, job_id=job_id, layers=LAYERS, total_steps=100, epochs=2, device="cpu"
-    )
-    session.commit()
-    return job_id
+    return start_running_job(client, session, LAYERS)
 
 
 def _stat_rows(steps: range) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from service import diagnosis as d
 from service.db import repository
+from tests.service.conftest import start_running_job
 
 STEPS = 8
 
@@ -410,13 +411,7 @@ API_LAYERS = [
 
 
 def _running_job(client: TestClient, session: Session) -> str:
-    job_id: str = client.post("/v1/jobs", json={"name": "t"}).json()["id"]
-    repository.claim_job(session=session, job_id=job_id, worker="w")
-    repository.save_run_plan(
-        session=session, job_id=job_id, layers=API_LAYERS, total_steps=100, epochs=2, device="cpu"
-    )
-    session.commit()
-    return job_id
+    return start_running_job(client, session, API_LAYERS)
 
 
 def _vanishing_rows(steps: range) -> list[dict[str, Any]]:
