@@ -72,6 +72,13 @@ class DatasetNotFound(ServiceError):
         super().__init__(f"no dataset with id {dataset_id!r}")
 
 
+class SweepNotFound(ServiceError):
+    status_code = 404
+
+    def __init__(self, sweep_id: str) -> None:
+        super().__init__(f"no sweep with id {sweep_id!r}")
+
+
 class IllegalStateChange(ServiceError):
     status_code = 409
 
