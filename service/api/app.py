@@ -21,6 +21,7 @@ from service import jobs
 from service.api.deps import require_api_key
 from service.api.routes import datasets, health
 from service.api.routes import jobs as job_routes
+from service.api.routes import sweeps as sweep_routes
 from service.api.schemas import error_responses
 from service.config import Settings, get_settings
 from service.db.session import make_engine, make_session_factory
@@ -192,6 +193,7 @@ def _v1_router() -> APIRouter:
     )
     router.include_router(job_routes.router)
     router.include_router(datasets.router)
+    router.include_router(sweep_routes.router)
     return router
 
 

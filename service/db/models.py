@@ -87,10 +87,28 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set for the jobs of a sweep: which sweep, and the grid point's values by field path.
+    sweep_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("sweep.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    grid_point: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+class Sweep(Base):
+    """A base spec and a grid of spec-field values; its jobs point back with sweep_id."""
+
+    __tablename__ = "sweep"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # {"model.activation": ["sigmoid", "relu"], ...}: the values as validated.
+    grid: Mapped[dict[str, list[Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class JobTag(Base):

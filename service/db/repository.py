@@ -40,6 +40,7 @@ from service.db.models import (
     Layer,
     LayerHistogram,
     LayerStat,
+    Sweep,
 )
 from service.specs import ExperimentSpec
 
@@ -89,6 +90,8 @@ def create_job(
     queue: str,
     idempotency_key: str | None = None,
     request_hash: str | None = None,
+    sweep_id: str | None = None,
+    grid_point: Mapping[str, Any] | None = None,
 ) -> Job:
     job = Job(
         id=uuid.uuid4().hex,
@@ -102,6 +105,8 @@ def create_job(
         cancel_requested=False,
         idempotency_key=idempotency_key,
         request_hash=request_hash,
+        sweep_id=sweep_id,
+        grid_point=dict(grid_point) if grid_point is not None else None,
     )
     session.add(job)
     session.flush()
@@ -307,6 +312,75 @@ def count_jobs_by_status(*, session: Session) -> dict[str, int]:
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
     counts = dict.fromkeys(JOB_STATUSES, 0)
     counts.update({status: int(n) for status, n in rows})
+    return counts
+
+
+# --- sweeps ---------------------------------------------------------------------------
+
+
+def create_sweep(
+    *,
+    session: Session,
+    sweep_id: str,
+    name: str,
+    base: Mapping[str, Any],
+    grid: Mapping[str, Sequence[Any]],
+) -> Sweep:
+    """The sweep row; its jobs are added with ``create_job(..., sweep_id=...)``."""
+    sweep = Sweep(
+        id=sweep_id,
+        name=name,
+        base=dict(base),
+        grid={key: list(values) for key, values in grid.items()},
+        created_at=utcnow(),
+    )
+    session.add(sweep)
+    session.flush()
+    return sweep
+
+
+def get_sweep(*, session: Session, sweep_id: str) -> Sweep | None:
+    return session.get(Sweep, sweep_id)
+
+
+def list_sweeps(
+    *, session: Session, after: JobCursor | None = None, limit: int = 50
+) -> Sequence[Sweep]:
+    """Newest first, keyset pagination on (created_at, id) like ``list_jobs``."""
+    stmt = select(Sweep)
+    if after is not None:
+        stmt = stmt.where(
+            or_(
+                Sweep.created_at < after.created_at,
+                and_(Sweep.created_at == after.created_at, Sweep.id < after.job_id),
+            )
+        )
+    order = (Sweep.created_at.desc(), Sweep.id.desc())
+    return session.scalars(stmt.order_by(*order).limit(limit)).all()
+
+
+def jobs_of_sweep(*, session: Session, sweep_id: str) -> Sequence[Job]:
+    """All jobs of one sweep in one query (at most the sweep's grid size)."""
+    stmt = select(Job).where(Job.sweep_id == sweep_id).order_by(Job.created_at, Job.id)
+    return session.scalars(stmt).all()
+
+
+def count_sweep_jobs_by_status(
+    *, session: Session, sweep_ids: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """{sweep_id: {status: n}} for many sweeps in one grouped query (no N+1 in lists)."""
+    counts: dict[str, dict[str, int]] = {
+        sweep_id: dict.fromkeys(JOB_STATUSES, 0) for sweep_id in sweep_ids
+    }
+    if not sweep_ids:
+        return counts
+    rows = session.execute(
+        select(Job.sweep_id, Job.status, func.count())
+        .where(Job.sweep_id.in_(sweep_ids))
+        .group_by(Job.sweep_id, Job.status)
+    ).all()
+    for sweep_id, status, n in rows:
+        counts[str(sweep_id)][str(status)] = int(n)
     return counts
 
 

@@ -173,3 +173,29 @@ def test_job_of_a_killed_worker_process_fails_instead_of_running_forever(stack: 
     assert stack.wait_for(_submit(stack, small)["id"], {"succeeded", "failed"})["status"] == (
         "succeeded"
     )
+
+
+def test_sweep_trains_every_grid_point(stack: Stack) -> None:
+    base = copy.deepcopy(EXAMPLE_SPEC)
+    base["model"]["depth"] = 2
+    base["train"]["epochs"] = 1
+    body = {"name": "it-sweep", "base": base, "grid": {"model.activation": ["sigmoid", "relu"]}}
+    response = stack.client.post("/v1/sweeps", json=body)
+    assert response.status_code == 201, response.text
+    sweep_id = response.json()["id"]
+    assert response.headers["location"].endswith(f"/v1/sweeps/{sweep_id}")
+
+    deadline = time.monotonic() + 240
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        rows = stack.client.get(f"/v1/sweeps/{sweep_id}").raise_for_status().json()["rows"]
+        if all(row["status"] in {"succeeded", "failed", "cancelled"} for row in rows):
+            break
+        time.sleep(0.2)
+    assert [row["status"] for row in rows] == ["succeeded", "succeeded"], (rows, stack.logs())
+    assert [row["point"] for row in rows] == [
+        {"model.activation": "sigmoid"},
+        {"model.activation": "relu"},
+    ]
+    assert all(0.0 <= row["result"]["val_acc"] <= 1.0 for row in rows)
+    assert all(isinstance(row["findings"], list) for row in rows)

@@ -15,7 +15,16 @@ from service.db.migrate import downgrade_database, upgrade_database
 from service.db.session import make_engine
 from tests.service.conftest import create_pg_database, drop_pg_database
 
-TABLES = {"job", "job_tag", "epoch_metric", "layer", "layer_stat", "layer_histogram", "dataset"}
+TABLES = {
+    "job",
+    "job_tag",
+    "epoch_metric",
+    "layer",
+    "layer_stat",
+    "layer_histogram",
+    "dataset",
+    "sweep",
+}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

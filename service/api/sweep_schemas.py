@@ -1,0 +1,166 @@
+"""API schemas of /v1/sweeps: the request body, the sweep with its jobs, one row per point.
+
+Kept apart from ``service.api.schemas`` (jobs, telemetry), whose ``JobRead`` and ``Page``
+they reuse.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi.openapi.models import Example
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.schemas import JobRead, JobStatus, job_read
+from service.db.models import Job, Sweep
+from service.diagnosis import Finding
+from service.specs import EXAMPLE_SPEC, ExperimentSpec
+from service.sweeps import MAX_SWEEP_POINTS, SweepRow
+
+# Any, not a union of JSON scalars: each value is validated against its spec field, which
+# gives one located message ("model.depth: Input should be a valid integer").
+GridValues = Annotated[list[Any], Field(min_length=1)]
+
+GRID_DESCRIPTION = (
+    "Spec fields to vary, by dotted name (`model.activation`, `train.lr`, "
+    "`data.augment.noise`), each with the values to try. One job per point of the "
+    f"cartesian product, at most {MAX_SWEEP_POINTS} points."
+)
+
+
+class SweepCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        "",
+        max_length=200,
+        description="Default: the base spec's name. Each job is named "
+        "`<name> model.activation=relu,model.norm=batch`.",
+    )
+    base: ExperimentSpec = Field(
+        default_factory=ExperimentSpec,
+        description="The spec every point starts from; its tags plus `sweep:<id>` tag each job.",
+    )
+    grid: dict[Annotated[str, Field(max_length=100)], GridValues] = Field(
+        min_length=1, description=GRID_DESCRIPTION
+    )
+
+
+class SweepRead(BaseModel):
+    id: str
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]] = Field(description="The grid as validated (values normalized).")
+    created_at: datetime
+    jobs: list[JobRead] = Field(description="One job per grid point, in grid order.")
+
+
+class FindingBrief(BaseModel):
+    code: str = Field(examples=["vanishing_gradient"])
+    severity: Literal["info", "warning", "critical"]
+    summary: str
+
+
+class SweepRowRead(BaseModel):
+    job_id: str
+    name: str
+    point: dict[str, Any] = Field(description="This point's value of each grid field.")
+    status: JobStatus
+    result: dict[str, Any] | None = Field(
+        description="The job's result (train_loss, train_acc, val_loss, val_acc, ...) "
+        "once it has finished."
+    )
+    error: str | None
+    findings: list[FindingBrief] = Field(
+        description="The diagnosis of a finished job (GET /v1/jobs/{id}/diagnosis has the "
+        "evidence), most severe first; empty until the job finishes."
+    )
+
+
+class SweepDetail(SweepRead):
+    rows: list[SweepRowRead] = Field(description="One row per grid point, in grid order.")
+
+
+class SweepSummary(BaseModel):
+    id: str
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    created_at: datetime
+    points: int = Field(description="Number of jobs in the sweep.")
+    status_counts: dict[str, int] = Field(description="Jobs of the sweep by status.")
+
+
+def sweep_read(sweep: Sweep, jobs: Sequence[Job]) -> SweepRead:
+    return SweepRead(
+        id=sweep.id,
+        name=sweep.name,
+        base=sweep.base,
+        grid=sweep.grid,
+        created_at=sweep.created_at,
+        jobs=[job_read(job) for job in jobs],
+    )
+
+
+def _brief(finding: Finding) -> FindingBrief:
+    return FindingBrief(code=finding.code, severity=finding.severity, summary=finding.summary)
+
+
+def _row_read(row: SweepRow) -> SweepRowRead:
+    job = row.job
+    return SweepRowRead.model_validate(
+        {
+            "job_id": job.id,
+            "name": job.name,
+            "point": row.point,
+            "status": job.status,
+            "result": job.result,
+            "error": job.error,
+            "findings": [_brief(f) for f in row.findings],
+        }
+    )
+
+
+def sweep_detail(sweep: Sweep, jobs: Sequence[Job], rows: Sequence[SweepRow]) -> SweepDetail:
+    return SweepDetail(
+        id=sweep.id,
+        name=sweep.name,
+        base=sweep.base,
+        grid=sweep.grid,
+        created_at=sweep.created_at,
+        jobs=[job_read(job) for job in jobs],
+        rows=[_row_read(row) for row in rows],
+    )
+
+
+def sweep_summary(sweep: Sweep, counts: Mapping[str, int]) -> SweepSummary:
+    return SweepSummary(
+        id=sweep.id,
+        name=sweep.name,
+        base=sweep.base,
+        grid=sweep.grid,
+        created_at=sweep.created_at,
+        points=sum(counts.values()),
+        status_counts=dict(counts),
+    )
+
+
+def _example_base() -> dict[str, Any]:
+    base = copy.deepcopy(EXAMPLE_SPEC)
+    base["name"] = "depth-20"
+    return base
+
+
+SWEEP_EXAMPLES: dict[str, Example] = {
+    "activation_x_norm": {
+        "summary": "20-layer MLP on MNIST-1D: sigmoid vs ReLU, with and without batch norm",
+        "value": {
+            "name": "activation-x-norm",
+            "base": _example_base(),
+            "grid": {"model.activation": ["sigmoid", "relu"], "model.norm": ["none", "batch"]},
+        },
+    },
+}

@@ -1,0 +1,389 @@
+"""Sweep use cases: expand a grid of spec-field values into jobs, and read the results.
+
+A sweep is a base ExperimentSpec and a grid ``{"model.activation": ["sigmoid", "relu"],
+"model.norm": ["none", "batch"]}``; each point of the grid's cartesian product is the base
+with those fields set, submitted as one job. Every point is validated before anything
+is stored, the sweep and all its jobs are committed in one transaction, and only then
+are the jobs enqueued (a worker must never receive an id that is not in the database).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import logging
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, get_origin
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
+
+from service import diagnosis, jobs, queue
+from service.config import Settings
+from service.db import repository
+from service.db.models import Job, Sweep
+from service.errors import BrokerUnavailable, ErrorItem, InvalidRequest, SpecInvalid, SweepNotFound
+from service.specs import ExperimentSpec
+
+logger = logging.getLogger(__name__)
+
+# Largest cartesian product a sweep may expand to. A module constant rather than a
+# Settings field for now (service/config.py is owned elsewhere); it also bounds the work
+# of GET /v1/sweeps/{id}, which diagnoses every finished job of the sweep.
+MAX_SWEEP_POINTS = 64
+SWEEP_TAG_PREFIX = "sweep:"
+NAME_MAX = 200  # Job.name and ExperimentSpec.name
+MAX_BASE_TAGS = 31  # ExperimentSpec allows 32 tags; the sweep adds one
+
+Point = dict[str, Any]
+
+
+# --- grid validation ------------------------------------------------------------------
+
+
+def _is_scalar_field(path: Sequence[str]) -> bool:
+    """True when ``path`` names a scalar field of ExperimentSpec (not a section or a list)."""
+    model: type[BaseModel] = ExperimentSpec
+    for i, part in enumerate(path):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i < len(path) - 1:
+            if not is_model:
+                return False
+            assert isinstance(annotation, type)
+            model = annotation
+        elif is_model or get_origin(annotation) is list or annotation is list:
+            return False  # a section (model) or the tag list: not a grid axis
+    return True
+
+
+def _with_values(document: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a spec document with each dotted path set to its value."""
+    result: dict[str, Any] = json.loads(json.dumps(document))
+    for key, value in point.items():
+        *parents, leaf = key.split(".")
+        target = result
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return result
+
+
+def _grid_loc(key: str, index: int) -> tuple[str | int, ...]:
+    return ("body", "grid", key, index)
+
+
+def _check_shape(grid: Mapping[str, Sequence[Any]]) -> None:
+    """Keys are scalar spec fields, value lists are non-empty, the product is small."""
+    items: list[ErrorItem] = []
+    if not grid:
+        items.append(ErrorItem(("body", "grid"), "give at least one field to vary", {}))
+    for key, values in grid.items():
+        if key == "name":
+            msg = "name is not a grid field: each job is named after its sweep and point"
+            items.append(ErrorItem(("body", "grid", key), msg, key))
+        elif not _is_scalar_field(key.split(".")):
+            msg = (
+                f"unknown grid field {key!r}: use the dotted name of a scalar field of the "
+                "experiment spec, e.g. model.activation, train.lr, data.augment.noise"
+            )
+            items.append(ErrorItem(("body", "grid", key), msg, key))
+        elif not isinstance(values, list) or not values:
+            items.append(
+                ErrorItem(("body", "grid", key), "give a non-empty list of values", values)
+            )
+    if items:
+        raise InvalidRequest(items)
+    size = math.prod(len(values) for values in grid.values())
+    if size > MAX_SWEEP_POINTS:
+        sizes = " x ".join(str(len(v)) for v in grid.values())
+        msg = f"the grid has {sizes} = {size} points; a sweep may have at most {MAX_SWEEP_POINTS}"
+        raise InvalidRequest.single(("body", "grid"), msg, {k: len(v) for k, v in grid.items()})
+
+
+def _normalize_values(
+    base: dict[str, Any], grid: Mapping[str, Sequence[Any]]
+) -> dict[str, list[Any]]:
+    """Each value validated in place of the base's (field types and bounds), as stored JSON.
+
+    Errors point at the value in the grid: ``["body", "grid", "model.depth", 1]``.
+    Equal values after validation (``0.1`` and ``"0.1"``) would run the same job twice.
+    """
+    items: list[ErrorItem] = []
+    normalized: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        path = tuple(key.split("."))
+        seen: list[Any] = []
+        for index, value in enumerate(values):
+            try:
+                spec = ExperimentSpec.model_validate(_with_values(base, {key: value}))
+            except ValidationError as exc:
+                error = next((e for e in exc.errors() if tuple(e["loc"]) == path), None)
+                if error is None:  # the base itself is invalid (e.g. one tag too many)
+                    raise _base_errors(exc) from exc
+                items.append(ErrorItem(_grid_loc(key, index), f"{key}: {error['msg']}", value))
+                continue
+            clean = _at(spec.model_dump(mode="json"), path)
+            if clean in seen:
+                msg = f"duplicate value for {key}: same as an earlier one ({_format_value(clean)})"
+                items.append(ErrorItem(_grid_loc(key, index), msg, value))
+            seen.append(clean)
+        normalized[key] = seen
+    if items:
+        raise InvalidRequest(items)
+    return normalized
+
+
+def _at(document: Mapping[str, Any], path: Sequence[str]) -> Any:
+    value: Any = document
+    for part in path:
+        value = value[part]
+    return value
+
+
+def _base_errors(exc: ValidationError) -> InvalidRequest:
+    return InvalidRequest(
+        [
+            ErrorItem(("body", "base", *map(str, e["loc"])), str(e["msg"]), e.get("input"))
+            for e in exc.errors()
+        ]
+    )
+
+
+def _format_value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def point_label(point: Mapping[str, Any]) -> str:
+    """``model.activation=relu,train.lr=0.1``: the point in a job's name."""
+    return ",".join(f"{key}={_format_value(value)}" for key, value in point.items())
+
+
+def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[Point]:
+    """The cartesian product in grid order: the last field varies fastest."""
+    keys = list(grid)
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _point_key(point: Mapping[str, Any]) -> str:
+    return json.dumps(point, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    point: Point
+    spec: ExperimentSpec
+
+
+def _job_name(sweep_name: str, point: Mapping[str, Any]) -> str:
+    name = f"{sweep_name} {point_label(point)}".strip()
+    return name[:NAME_MAX]  # the point itself is stored whole in job.grid_point
+
+
+def plan_sweep(
+    *,
+    session: Session,
+    settings: Settings,
+    sweep_id: str,
+    name: str,
+    base: ExperimentSpec,
+    grid: Mapping[str, Sequence[Any]],
+) -> tuple[dict[str, list[Any]], list[PlannedJob]]:
+    """Validate the grid and every point's spec; nothing is written. Raises a 422 error."""
+    _check_shape(grid)
+    if len(base.tags) >= MAX_BASE_TAGS + 1:
+        msg = f"a sweep adds the tag {SWEEP_TAG_PREFIX}<id>: give at most {MAX_BASE_TAGS} tags"
+        raise InvalidRequest.single(("body", "base", "tags"), msg, list(base.tags))
+    document = base.model_dump(mode="json")
+    document["tags"] = [*base.tags, f"{SWEEP_TAG_PREFIX}{sweep_id}"]
+    normalized = _normalize_values(document, grid)
+    planned: list[PlannedJob] = []
+    for point in grid_points(normalized):
+        point_doc = _with_values(document, point)
+        point_doc["name"] = _job_name(name, point)
+        try:
+            spec = ExperimentSpec.model_validate(point_doc)
+        except ValidationError as exc:
+            raise _base_errors(exc) from exc
+        _validate_point(session=session, settings=settings, spec=spec, point=point, grid=normalized)
+        planned.append(PlannedJob(point=point, spec=spec))
+    return normalized, planned
+
+
+def _validate_point(
+    *,
+    session: Session,
+    settings: Settings,
+    spec: ExperimentSpec,
+    point: Point,
+    grid: Mapping[str, list[Any]],
+) -> None:
+    """Cross-field rules and operator limits (``jobs.validate_spec``) for one point.
+
+    An issue at a field the grid sets is located at that value in the grid; any other
+    (a base field that this combination makes invalid) at the base, naming the point.
+    """
+    try:
+        jobs.validate_spec(session=session, settings=settings, spec=spec)
+    except SpecInvalid as exc:
+        items: list[ErrorItem] = []
+        where = f"(grid point {point_label(point)})"
+        for issue in exc.issues:
+            key = ".".join(issue.loc)
+            if key in point:
+                loc = _grid_loc(key, grid[key].index(point[key]))
+                items.append(ErrorItem(loc, f"{issue.msg} {where}", point[key]))
+            else:
+                value = _at_or_none(spec, issue.loc)
+                items.append(ErrorItem(("body", "base", *issue.loc), f"{issue.msg} {where}", value))
+        raise InvalidRequest(items) from exc
+
+
+def _at_or_none(spec: ExperimentSpec, loc: Sequence[str]) -> Any:
+    try:
+        return _at(spec.model_dump(mode="json"), loc)
+    except (KeyError, TypeError):
+        return None
+
+
+# --- create ---------------------------------------------------------------------------
+
+
+def create_sweep(
+    *,
+    session: Session,
+    settings: Settings,
+    base: ExperimentSpec,
+    grid: Mapping[str, Sequence[Any]],
+    name: str = "",
+) -> tuple[Sweep, list[Job]]:
+    """Validate every point, store the sweep and its jobs in one transaction, then enqueue.
+
+    Any invalid point rejects the whole sweep with a 422 before anything is written. If
+    the broker fails part-way, the jobs not sent are marked failed and 503 is raised: the
+    sweep stays readable, with no job left queued that no worker will ever receive.
+    """
+    sweep_id = uuid.uuid4().hex
+    name = (name or base.name or f"sweep-{sweep_id[:8]}")[:NAME_MAX]
+    normalized, planned = plan_sweep(
+        session=session, settings=settings, sweep_id=sweep_id, name=name, base=base, grid=grid
+    )
+    sweep = repository.create_sweep(
+        session=session,
+        sweep_id=sweep_id,
+        name=name,
+        base=base.model_dump(mode="json"),
+        grid=normalized,
+    )
+    created = [
+        repository.create_job(
+            session=session,
+            spec=item.spec,
+            queue=queue.queue_for(item.spec.train.device),
+            sweep_id=sweep.id,
+            grid_point=item.point,
+        )
+        for item in planned
+    ]
+    session.commit()
+    _enqueue_all(session=session, settings=settings, created=created)
+    return sweep, created
+
+
+def _enqueue_all(*, session: Session, settings: Settings, created: Sequence[Job]) -> None:
+    for i, job in enumerate(created):
+        try:
+            jobs._enqueue(session=session, settings=settings, job=job)
+        except BrokerUnavailable:
+            # _enqueue failed this job; the rest were never sent either.
+            for rest in created[i + 1 :]:
+                repository.finish_job(
+                    session=session,
+                    job_id=rest.id,
+                    status="failed",
+                    error="could not enqueue: the job queue was unavailable",
+                )
+            session.commit()
+            raise
+
+
+# --- read -----------------------------------------------------------------------------
+
+
+def get_sweep(*, session: Session, sweep_id: str) -> Sweep:
+    sweep = repository.get_sweep(session=session, sweep_id=sweep_id)
+    if sweep is None:
+        raise SweepNotFound(sweep_id)
+    return sweep
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One grid point: its job, and the diagnosis once the job has finished."""
+
+    job: Job
+    point: Point
+    findings: list[diagnosis.Finding]
+
+
+def jobs_in_grid_order(sweep: Sweep, sweep_jobs: Sequence[Job]) -> list[Job]:
+    """Jobs in the order of the grid's product (creation order is not reliable)."""
+    order = {_point_key(p): i for i, p in enumerate(grid_points(sweep.grid))}
+    last = len(order)
+
+    def rank(job: Job) -> tuple[int, str]:
+        point = job.grid_point
+        return (order.get(_point_key(point), last) if point is not None else last, job.id)
+
+    return sorted(sweep_jobs, key=rank)
+
+
+def sweep_jobs(*, session: Session, sweep: Sweep) -> list[Job]:
+    return jobs_in_grid_order(sweep, repository.jobs_of_sweep(session=session, sweep_id=sweep.id))
+
+
+def sweep_rows(*, session: Session, sweep: Sweep, sweep_jobs: Sequence[Job]) -> list[SweepRow]:
+    """Rows in grid order. Only finished jobs are diagnosed: a sweep has at most
+    MAX_SWEEP_POINTS jobs and each diagnosis is a few bounded queries."""
+    return [
+        SweepRow(
+            job=job,
+            point=dict(job.grid_point or {}),
+            findings=jobs.diagnose_job(session=session, job=job) if job.is_finished else [],
+        )
+        for job in sweep_jobs
+    ]
+
+
+@dataclass(frozen=True)
+class SweepPage:
+    items: Sequence[Sweep]
+    counts: Mapping[str, Mapping[str, int]]  # sweep id -> job status -> count
+    next_cursor: str | None
+
+
+LIST_SORT = "-created_at"
+
+
+def _encode_cursor(sweep: Sweep) -> str:
+    payload = {"s": LIST_SORT, "t": sweep.created_at.isoformat(), "i": sweep.id}
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def list_sweeps(*, session: Session, limit: int, cursor: str | None) -> SweepPage:
+    """Newest first; two queries whatever the page size (sweeps, then job counts)."""
+    after = jobs.decode_cursor(cursor, LIST_SORT) if cursor else None
+    rows = repository.list_sweeps(session=session, after=after, limit=limit + 1)
+    items, next_cursor = rows[:limit], None
+    if len(rows) > limit:
+        next_cursor = _encode_cursor(rows[limit - 1])
+    counts = repository.count_sweep_jobs_by_status(session=session, sweep_ids=[s.id for s in items])
+    return SweepPage(items=items, counts=counts, next_cursor=next_cursor)
