@@ -65,6 +65,16 @@ class JobNotFound(ServiceError):
         super().__init__(f"no job with id {job_id!r}")
 
 
+class LandscapeNotAvailable(ServiceError):
+    status_code = 404
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id!r} ({status}) has no landscape: set telemetry.landscape in its spec "
+            "and let it finish (cancelled and diverged runs get none)"
+        )
+
+
 class DatasetNotFound(ServiceError):
     status_code = 404
 

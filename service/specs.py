@@ -131,12 +131,28 @@ class TrainSpec(_Strict):
     precision: Precision = "fp32"
 
 
+class LandscapeSpec(_Strict):
+    """A loss-landscape slice after training (Li et al. 2018, filter-normalized directions)."""
+
+    points: int = Field(21, ge=5, le=101, description="Points per direction.")
+    span: float = Field(
+        1.0, gt=0.0, le=5.0, description="Alphas run over [-span, span], in filter-norm units."
+    )
+    dims: Literal[1, 2] = Field(1, description="1: a curve; 2: a points x points grid.")
+    max_examples: int = Field(
+        1024, ge=1, le=65_536, description="Training examples the loss is evaluated on."
+    )
+
+
 class TelemetrySpec(_Strict):
     every_n_steps: int = Field(
         10, ge=0, le=1_000_000, description="Layer statistics every N steps; 0 turns them off."
     )
     histogram_bins: int = Field(0, ge=0, le=512, description="Per-layer gradient histograms.")
     activations: bool = Field(True, description="Record each layer's activation statistics.")
+    landscape: LandscapeSpec | None = Field(
+        None, description="Compute a loss-landscape slice at the end of training; null: off."
+    )
 
 
 EXAMPLE_SPEC: dict[str, Any] = {

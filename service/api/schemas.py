@@ -170,6 +170,28 @@ class Diagnosis(BaseModel):
     )
 
 
+class LandscapeRead(BaseModel):
+    """A loss-landscape slice (Li et al. 2018): loss along filter-normalized directions."""
+
+    job_id: str
+    dims: Literal[1, 2]
+    alphas: list[float] = Field(description="Step along each direction, in filter-norm units.")
+    losses: list[JsonFloat] | list[list[JsonFloat]] = Field(
+        description="1-D: loss at each alpha; 2-D: losses[i][j] at (alphas[i], alphas[j]). "
+        'A non-finite loss (far from the minimum) is "NaN".'
+    )
+    roughness: JsonFloat = Field(
+        description="Mean |second difference| over the loss range: ~2·(2/(points-1))² for a "
+        "parabola (0.02 at 21 points), larger when the slice wiggles; 0 when flat."
+    )
+    sharpness: JsonFloat = Field(
+        description="Mean of loss(±0.1·span) - loss(0): how fast the loss rises next to the "
+        "trained weights."
+    )
+    local_minima: int = Field(description="Interior points lower than all axis neighbours.")
+    examples: int = Field(description="Training examples the loss is evaluated on.")
+
+
 class DatasetRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -218,6 +240,16 @@ SPEC_EXAMPLES: dict[str, Example] = {
             "residual-depth-34",
             ["degradation"],
             model={"depth": 34, "width": 64, "activation": "relu", "skip": True},
+        ),
+    },
+    "residual_landscape": {
+        "summary": "Residual network with a loss-landscape slice (compare skip: false)",
+        "value": _variant(
+            "residual-landscape-depth-24",
+            ["degradation", "landscape"],
+            model={"depth": 24, "width": 64, "activation": "relu", "norm": "batch", "skip": True},
+            train={"epochs": 3},
+            telemetry={"landscape": {"points": 21, "span": 1.0, "dims": 1, "max_examples": 1024}},
         ),
     },
     "overfitting_dropout": {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -114,6 +115,9 @@ class TrainResult:
     diverged: bool
     seconds: float
     device: str
+    # Loss-landscape slice (telemetry.landscape): dims, alphas, losses, roughness,
+    # sharpness, local_minima, examples. None when not asked for or not trained to the end.
+    landscape: dict[str, Any] | None = None
 
 
 Event = RunStarted | StepProgress | LayerStatsBatch | EpochEnd

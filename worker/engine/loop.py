@@ -52,6 +52,7 @@ from worker.engine.events import (
     StopCheck,
     TrainResult,
 )
+from worker.engine.landscape import LandscapeSlice, loss_slice
 from worker.engine.layer_stats import TelemetryCollector
 from worker.engine.models import BuiltModel, TrackedLayer, build_model, count_parameters
 
@@ -252,6 +253,29 @@ class Trainer:
             self.collector.close()
 
 
+def landscape_of(trainer: Trainer, data: TensorData, spec: ExperimentSpec) -> LandscapeSlice:
+    """The loss slice of the trained model on a seeded subset of the training data."""
+    settings = spec.telemetry.landscape
+    assert settings is not None
+    n = len(data.y_train)
+    # A fixed subset, drawn on the CPU from the run's seed: the same on every device.
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(spec.train.seed))
+    idx = pick[: settings.max_examples].to(data.x_train.device)
+    started = time.perf_counter()
+    result = loss_slice(
+        trainer.model,
+        data.x_train[idx],
+        data.y_train[idx],
+        points=settings.points,
+        span=settings.span,
+        dims=settings.dims,
+        seed=spec.train.seed,
+        autocast=trainer.autocast,
+    )
+    log.info("landscape slice (%dD) took %.2f s", settings.dims, time.perf_counter() - started)
+    return result
+
+
 @dataclass
 class _Best:
     val_loss: float = math.inf
@@ -274,6 +298,8 @@ def train(
     EpochEnd; ``should_stop()`` is polled every step and cancels within that step.
 
     ``device`` overrides ``spec.train.device``; ``data`` skips loading (tests, benches).
+    With ``telemetry.landscape`` set, a run that trained to its end (not cancelled, not
+    diverged) also gets a loss-landscape slice in ``TrainResult.landscape``.
     Does not set torch's thread count: the worker sizes it; RunStarted reports it.
     """
     started = time.perf_counter()
@@ -364,6 +390,10 @@ def train(
     finally:
         trainer.close()
 
+    landscape = None
+    if spec.telemetry.landscape is not None and last is not None and not (cancelled or diverged):
+        landscape = landscape_of(trainer, data, spec).as_dict()
+
     nan = math.nan
     return TrainResult(
         train_loss=last.train_loss if last else nan,
@@ -379,11 +409,13 @@ def train(
         diverged=diverged,
         seconds=time.perf_counter() - started,
         device=str(dev),
+        landscape=landscape,
     )
 
 
 __all__ = [
     "Trainer",
+    "landscape_of",
     "make_optimizer",
     "make_schedule",
     "penalized_weights",

@@ -18,12 +18,14 @@ from service.api.schemas import (
     HistogramRead,
     JobRead,
     JobStatus,
+    LandscapeRead,
     LayerRead,
     Page,
     error_responses,
     job_read,
 )
 from service.db import repository
+from service.errors import LandscapeNotAvailable
 from service.specs import ExperimentSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -191,3 +193,20 @@ def job_diagnosis(job: JobDep, session: SessionDep) -> Diagnosis:
         status=job.status,
         findings=[FindingRead.model_validate(f) for f in findings],
     )
+
+
+@router.get(
+    "/{job_id}/landscape",
+    response_model=LandscapeRead,
+    responses=error_responses(404, 422),
+    summary="Loss-landscape slice of the trained model",
+    description="The loss along one or two random filter-normalized directions through the "
+    "trained weights (Li et al. 2018), computed by the worker when training ends if the spec "
+    "sets `telemetry.landscape`. Compare a plain net with its `skip: true` twin. 404 while "
+    "there is none (not asked for, not finished, cancelled or diverged).",
+)
+def job_landscape(job: JobDep) -> LandscapeRead:
+    landscape = (job.result or {}).get("landscape")
+    if not landscape:
+        raise LandscapeNotAvailable(job.id, job.status)
+    return LandscapeRead.model_validate({**landscape, "job_id": job.id})
