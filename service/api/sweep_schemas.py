@@ -125,15 +125,7 @@ def _row_read(row: SweepRow) -> SweepRowRead:
 
 
 def sweep_detail(sweep: Sweep, jobs: Sequence[Job], rows: Sequence[SweepRow]) -> SweepDetail:
-    return SweepDetail(
-        id=sweep.id,
-        name=sweep.name,
-        base=sweep.base,
-        grid=sweep.grid,
-        created_at=sweep.created_at,
-        jobs=[job_read(job) for job in jobs],
-        rows=[_row_read(row) for row in rows],
-    )
+    return SweepDetail(**dict(sweep_read(sweep, jobs)), rows=[_row_read(row) for row in rows])
 
 
 def sweep_summary(sweep: Sweep, counts: Mapping[str, int]) -> SweepSummary:
