@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs
 from service.api.deps import require_api_key
-from service.api.routes import datasets, health
+from service.api.routes import dashboard, datasets, health
 from service.api.routes import jobs as job_routes
 from service.api.routes import sweeps as sweep_routes
 from service.api.schemas import error_responses
@@ -210,6 +210,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="trainlab",
         version="1.0.0",
         summary="Train PyTorch models as jobs and read their per-layer gradient statistics.",
+        description="Plots of every job, its statistics and diagnosis: [/dashboard](/dashboard).",
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -222,6 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(_v1_router())
     app.include_router(health.router)
+    app.include_router(dashboard.router)
     app.add_api_route("/", _to_docs, include_in_schema=False)
     app.add_middleware(
         BodyLimitMiddleware,
