@@ -501,7 +501,7 @@
     const col = (k) => metrics.map((m) => num(m[k]));
     const xAxis = axis("epoch", { incrs: STEP_INCRS });
     const pair = (label, unitFmt) => [
-      {},
+      { label: "epoch" },
       { label: `train ${label}`, stroke: COLORS.train, width: 2, points: { show: true, size: 6 }, value: (_u, v) => unitFmt(v) },
       { label: `val ${label}`, stroke: COLORS.val, width: 2, dash: [6, 4], points: { show: true, size: 6 }, value: (_u, v) => unitFmt(v) },
     ];
