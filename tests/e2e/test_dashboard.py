@@ -17,8 +17,9 @@ FINISH_TIMEOUT_MS = 45_000
 
 
 def test_job_page_shows_vanishing_gradients_of_the_design_example(
-    embedded_stack: Stack, browser: Browser, tmp_path: Path
+    browser: Browser, embedded_stack: Stack, tmp_path: Path
 ) -> None:
+    # browser first: without Chromium the test skips before the stack starts.
     response = embedded_stack.client.post("/v1/jobs", json=EXAMPLE_SPEC)
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
