@@ -54,7 +54,9 @@ class DropConnectLinear(_DropConnect, nn.Linear):
         return f"{super().extra_repr()}, p={self.p}"
 
 
-class DropConnectConv1d(_DropConnect, nn.Conv1d):
+class _DropConnectConv(_DropConnect, nn.modules.conv._ConvNd):
+    """The forward shared by the 1-D and 2-D DropConnect convolutions."""
+
     def __init__(self, in_channels: int, out_channels: int, *, p: float, **kwargs: Any) -> None:
         super().__init__(in_channels, out_channels, **kwargs)
         self._set_p(p)
@@ -69,16 +71,9 @@ class DropConnectConv1d(_DropConnect, nn.Conv1d):
         return f"{super().extra_repr()}, p={self.p}"  # type: ignore[no-untyped-call]
 
 
-class DropConnectConv2d(_DropConnect, nn.Conv2d):
-    def __init__(self, in_channels: int, out_channels: int, *, p: float, **kwargs: Any) -> None:
-        super().__init__(in_channels, out_channels, **kwargs)
-        self._set_p(p)
+class DropConnectConv1d(_DropConnectConv, nn.Conv1d):
+    pass
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self._conv_forward(
-            input, self._effective(self.weight, self.training), self.bias
-        )
-        return out
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, p={self.p}"  # type: ignore[no-untyped-call]
+class DropConnectConv2d(_DropConnectConv, nn.Conv2d):
+    pass
