@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, description="Celery broker URL; default: kombu's filesystem transport in data_dir."
     )
+    broker_key_prefix: str = Field(
+        "",
+        max_length=100,
+        description="Redis broker: a prefix for every key trainlab's queues use, so that "
+        "several deployments (or test runs) can share one Redis database.",
+    )
     broker_polling_interval: float = Field(
         0.1, gt=0, description="Seconds between polls of a server-less broker."
     )
@@ -46,6 +52,13 @@ class Settings(BaseSettings):
     max_epochs: int = Field(10_000, ge=1)
     max_train_size: int = Field(1_000_000, ge=1)
     max_batch_size: int = Field(65_536, ge=1)
+    max_sweep_points: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Largest grid a sweep may expand to (jobs per sweep). It also bounds "
+        "GET /v1/sweeps/{id}, which diagnoses every finished job of the sweep.",
+    )
 
     worker_concurrency: int = Field(1, ge=1, description="Worker processes on this node.")
     torch_threads: int | None = Field(

@@ -9,14 +9,15 @@ from __future__ import annotations
 import io
 import logging
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from service.db import repository
 from service.db.models import Dataset
+from service.db.repository import datasets as dataset_queries
 from service.errors import DatasetNotFound, InvalidRequest, PayloadTooLarge
 from service.specs import DataSpec, dataset_layout
 
@@ -137,7 +138,7 @@ def upload_dataset(
     if len(content) > max_bytes:
         raise PayloadTooLarge(max_bytes)
     parsed = parse_upload(content, filename, max_bytes=max_bytes)
-    dataset = repository.create_dataset(
+    dataset = dataset_queries.create_dataset(
         session=session,
         name=name or PurePath(filename or "dataset").stem or "dataset",
         n_examples=len(parsed.x),
@@ -152,7 +153,11 @@ def upload_dataset(
 
 
 def get_dataset(*, session: Session, dataset_id: str) -> Dataset:
-    dataset = repository.get_dataset(session=session, dataset_id=dataset_id)
+    dataset = dataset_queries.get_dataset(session=session, dataset_id=dataset_id)
     if dataset is None:
         raise DatasetNotFound(dataset_id)
     return dataset
+
+
+def list_datasets(*, session: Session) -> Sequence[Dataset]:
+    return dataset_queries.list_datasets(session=session)

@@ -7,11 +7,12 @@ error response by hand.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.kit import specpath
+from service.kit.jsonnum import json_safe
 from service.specs import SpecIssue
 
 
@@ -29,19 +30,8 @@ class ErrorItem:
             "type": self.type,
             "loc": list(self.loc),
             "msg": self.msg,
-            "input": json_safe_input(self.input),
+            "input": json_safe(self.input),
         }
-
-
-def json_safe_input(value: Any) -> Any:
-    """Non-finite floats are not JSON: echo them back as strings, also inside containers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: json_safe_input(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe_input(v) for v in value]
-    return value
 
 
 class ServiceError(Exception):
@@ -151,15 +141,11 @@ class SpecInvalid(InvalidRequest):
 
     def __init__(self, issues: Sequence[SpecIssue], spec: dict[str, Any] | None = None) -> None:
         super().__init__(
-            [ErrorItem(loc=("body", *i.loc), msg=i.msg, input=_at(spec, i.loc)) for i in issues]
+            [
+                ErrorItem(
+                    loc=("body", *i.loc), msg=i.msg, input=specpath.value_at(spec, i.loc, None)
+                )
+                for i in issues
+            ]
         )
         self.issues = list(issues)
-
-
-def _at(document: dict[str, Any] | None, loc: Sequence[str]) -> Any:
-    value: Any = document
-    for key in loc:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value

@@ -37,6 +37,8 @@ def broker_config(settings: Settings) -> dict[str, Any]:
         # Redis redelivers an unacknowledged message after this long; with acks_late a
         # job that trains longer than the default hour would start a second time.
         options = {"visibility_timeout": 7 * 24 * 3600}
+        if settings.broker_key_prefix:
+            options["global_keyprefix"] = settings.broker_key_prefix
     return {
         "broker_url": settings.resolved_broker_url,
         "broker_transport_options": options,
@@ -55,11 +57,11 @@ def broker_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-_clients: dict[tuple[str, str], Celery] = {}
+_clients: dict[tuple[str, str, str], Celery] = {}
 
 
 def _client(settings: Settings) -> Celery:
-    key = (settings.resolved_broker_url, str(settings.broker_folder))
+    key = (settings.resolved_broker_url, str(settings.broker_folder), settings.broker_key_prefix)
     if key not in _clients:
         app = Celery("trainlab-api")
         app.conf.update(broker_config(settings))

@@ -14,12 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.vocabulary import DataLayout
+
 BuiltinDataset = Literal["mnist1d", "digits", "spirals", "moons", "circles", "blobs"]
 BUILTIN_DATASETS: tuple[str, ...] = ("mnist1d", "digits", "spirals", "moons", "circles", "blobs")
 SYNTHETIC_DATASETS: frozenset[str] = frozenset({"spirals", "moons", "circles", "blobs"})
 # Input layout of each built-in dataset: "table" (feature vectors), "seq" (1-D signals),
 # "image" (2-D). Uploaded datasets get theirs from the shape of their arrays.
-BUILTIN_LAYOUT: dict[str, Literal["table", "seq", "image"]] = {
+BUILTIN_LAYOUT: dict[str, DataLayout] = {
     "mnist1d": "seq",
     "digits": "image",
     "spirals": "table",
@@ -230,13 +232,14 @@ class SpecLimits:
     max_batch_size: int = 65_536
 
 
-def dataset_layout(spec: DataSpec, uploaded_ndim: int | None = None) -> str | None:
+def dataset_layout(spec: DataSpec, uploaded_ndim: int | None = None) -> DataLayout | None:
     """ "table", "seq" or "image"; None when an uploaded dataset's shape is not known."""
     if not spec.is_uploaded:
         return BUILTIN_LAYOUT[spec.dataset]
     if uploaded_ndim is None:
         return None
-    return {2: "seq", 3: "image"}.get(uploaded_ndim, "table")
+    by_ndim: dict[int, DataLayout] = {2: "seq", 3: "image"}
+    return by_ndim.get(uploaded_ndim, "table")
 
 
 def check_spec(

@@ -9,7 +9,6 @@ are the jobs enqueued (a worker must never receive an id that is not in the data
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import logging
@@ -17,27 +16,28 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, get_origin
+from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from service import diagnosis, jobs, queue
 from service.config import Settings
-from service.db import repository
 from service.db.models import Job, Sweep
-from service.errors import BrokerUnavailable, ErrorItem, InvalidRequest, SpecInvalid, SweepNotFound
+from service.db.repository import jobs as job_queries
+from service.db.repository import sweeps as sweep_queries
+from service.errors import ErrorItem, InvalidRequest, SpecInvalid, SweepNotFound
+from service.kit import pagination, specpath
 from service.specs import ExperimentSpec
+from service.vocabulary import JobStatus
 
 logger = logging.getLogger(__name__)
 
-# Largest cartesian product a sweep may expand to. A module constant rather than a
-# Settings field for now (service/config.py is owned elsewhere); it also bounds the work
-# of GET /v1/sweeps/{id}, which diagnoses every finished job of the sweep.
-MAX_SWEEP_POINTS = 64
 SWEEP_TAG_PREFIX = "sweep:"
 NAME_MAX = 200  # Job.name and ExperimentSpec.name
 MAX_BASE_TAGS = 31  # ExperimentSpec allows 32 tags; the sweep adds one
+LIST_SORT = "-created_at"
 
 Point = dict[str, Any]
 
@@ -45,42 +45,11 @@ Point = dict[str, Any]
 # --- grid validation ------------------------------------------------------------------
 
 
-def _is_scalar_field(path: Sequence[str]) -> bool:
-    """True when ``path`` names a scalar field of ExperimentSpec (not a section or a list)."""
-    model: type[BaseModel] = ExperimentSpec
-    for i, part in enumerate(path):
-        field = model.model_fields.get(part)
-        if field is None:
-            return False
-        annotation = field.annotation
-        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        if i < len(path) - 1:
-            if not is_model:
-                return False
-            assert isinstance(annotation, type)
-            model = annotation
-        elif is_model or get_origin(annotation) is list or annotation is list:
-            return False  # a section (model) or the tag list: not a grid axis
-    return True
-
-
-def _with_values(document: Mapping[str, Any], point: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of a spec document with each dotted path set to its value."""
-    result: dict[str, Any] = json.loads(json.dumps(document))
-    for key, value in point.items():
-        *parents, leaf = key.split(".")
-        target = result
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = value
-    return result
-
-
 def _grid_loc(key: str, index: int) -> tuple[str | int, ...]:
     return ("body", "grid", key, index)
 
 
-def _check_shape(grid: Mapping[str, Sequence[Any]]) -> None:
+def _check_shape(grid: Mapping[str, Sequence[Any]], max_points: int) -> None:
     """Keys are scalar spec fields, value lists are non-empty, the product is small."""
     items: list[ErrorItem] = []
     if not grid:
@@ -89,7 +58,7 @@ def _check_shape(grid: Mapping[str, Sequence[Any]]) -> None:
         if key == "name":
             msg = "name is not a grid field: each job is named after its sweep and point"
             items.append(ErrorItem(("body", "grid", key), msg, key))
-        elif not _is_scalar_field(key.split(".")):
+        elif not specpath.is_scalar_field(specpath.parse(key)):
             msg = (
                 f"unknown grid field {key!r}: use the dotted name of a scalar field of the "
                 "experiment spec, e.g. model.activation, train.lr, data.augment.noise"
@@ -102,9 +71,9 @@ def _check_shape(grid: Mapping[str, Sequence[Any]]) -> None:
     if items:
         raise InvalidRequest(items)
     size = math.prod(len(values) for values in grid.values())
-    if size > MAX_SWEEP_POINTS:
+    if size > max_points:
         sizes = " x ".join(str(len(v)) for v in grid.values())
-        msg = f"the grid has {sizes} = {size} points; a sweep may have at most {MAX_SWEEP_POINTS}"
+        msg = f"the grid has {sizes} = {size} points; a sweep may have at most {max_points}"
         raise InvalidRequest.single(("body", "grid"), msg, {k: len(v) for k, v in grid.items()})
 
 
@@ -119,18 +88,18 @@ def _normalize_values(
     items: list[ErrorItem] = []
     normalized: dict[str, list[Any]] = {}
     for key, values in grid.items():
-        path = tuple(key.split("."))
+        path = specpath.parse(key)
         seen: list[Any] = []
         for index, value in enumerate(values):
             try:
-                spec = ExperimentSpec.model_validate(_with_values(base, {key: value}))
+                spec = ExperimentSpec.model_validate(specpath.with_values(base, {key: value}))
             except ValidationError as exc:
                 error = next((e for e in exc.errors() if tuple(e["loc"]) == path), None)
                 if error is None:  # the base itself is invalid (e.g. one tag too many)
                     raise _base_errors(exc) from exc
                 items.append(ErrorItem(_grid_loc(key, index), f"{key}: {error['msg']}", value))
                 continue
-            clean = _at(spec.model_dump(mode="json"), path)
+            clean = specpath.value_at(spec.model_dump(mode="json"), path)
             if clean in seen:
                 msg = f"duplicate value for {key}: same as an earlier one ({_format_value(clean)})"
                 items.append(ErrorItem(_grid_loc(key, index), msg, value))
@@ -139,13 +108,6 @@ def _normalize_values(
     if items:
         raise InvalidRequest(items)
     return normalized
-
-
-def _at(document: Mapping[str, Any], path: Sequence[str]) -> Any:
-    value: Any = document
-    for part in path:
-        value = value[part]
-    return value
 
 
 def _base_errors(exc: ValidationError) -> InvalidRequest:
@@ -197,7 +159,7 @@ def plan_sweep(
     grid: Mapping[str, Sequence[Any]],
 ) -> tuple[dict[str, list[Any]], list[PlannedJob]]:
     """Validate the grid and every point's spec; nothing is written. Raises a 422 error."""
-    _check_shape(grid)
+    _check_shape(grid, settings.max_sweep_points)
     if len(base.tags) >= MAX_BASE_TAGS + 1:
         msg = f"a sweep adds the tag {SWEEP_TAG_PREFIX}<id>: give at most {MAX_BASE_TAGS} tags"
         raise InvalidRequest.single(("body", "base", "tags"), msg, list(base.tags))
@@ -206,7 +168,7 @@ def plan_sweep(
     normalized = _normalize_values(document, grid)
     planned: list[PlannedJob] = []
     for point in grid_points(normalized):
-        point_doc = _with_values(document, point)
+        point_doc = specpath.with_values(document, point)
         point_doc["name"] = _job_name(name, point)
         try:
             spec = ExperimentSpec.model_validate(point_doc)
@@ -235,22 +197,16 @@ def _validate_point(
     except SpecInvalid as exc:
         items: list[ErrorItem] = []
         where = f"(grid point {point_label(point)})"
+        document = spec.model_dump(mode="json")
         for issue in exc.issues:
-            key = ".".join(issue.loc)
+            key = specpath.dotted(issue.loc)
             if key in point:
                 loc = _grid_loc(key, grid[key].index(point[key]))
                 items.append(ErrorItem(loc, f"{issue.msg} {where}", point[key]))
             else:
-                value = _at_or_none(spec, issue.loc)
+                value = specpath.value_at(document, issue.loc, None)
                 items.append(ErrorItem(("body", "base", *issue.loc), f"{issue.msg} {where}", value))
         raise InvalidRequest(items) from exc
-
-
-def _at_or_none(spec: ExperimentSpec, loc: Sequence[str]) -> Any:
-    try:
-        return _at(spec.model_dump(mode="json"), loc)
-    except (KeyError, TypeError):
-        return None
 
 
 # --- create ---------------------------------------------------------------------------
@@ -275,7 +231,7 @@ def create_sweep(
     normalized, planned = plan_sweep(
         session=session, settings=settings, sweep_id=sweep_id, name=name, base=base, grid=grid
     )
-    sweep = repository.create_sweep(
+    sweep = sweep_queries.create_sweep(
         session=session,
         sweep_id=sweep_id,
         name=name,
@@ -283,7 +239,7 @@ def create_sweep(
         grid=normalized,
     )
     created = [
-        repository.create_job(
+        job_queries.create_job(
             session=session,
             spec=item.spec,
             queue=queue.queue_for(item.spec.train.device),
@@ -293,32 +249,15 @@ def create_sweep(
         for item in planned
     ]
     session.commit()
-    _enqueue_all(session=session, settings=settings, created=created)
+    jobs.enqueue_jobs(session=session, settings=settings, jobs=created)
     return sweep, created
-
-
-def _enqueue_all(*, session: Session, settings: Settings, created: Sequence[Job]) -> None:
-    for i, job in enumerate(created):
-        try:
-            jobs._enqueue(session=session, settings=settings, job=job)
-        except BrokerUnavailable:
-            # _enqueue failed this job; the rest were never sent either.
-            for rest in created[i + 1 :]:
-                repository.finish_job(
-                    session=session,
-                    job_id=rest.id,
-                    status="failed",
-                    error="could not enqueue: the job queue was unavailable",
-                )
-            session.commit()
-            raise
 
 
 # --- read -----------------------------------------------------------------------------
 
 
 def get_sweep(*, session: Session, sweep_id: str) -> Sweep:
-    sweep = repository.get_sweep(session=session, sweep_id=sweep_id)
+    sweep = sweep_queries.get_sweep(session=session, sweep_id=sweep_id)
     if sweep is None:
         raise SweepNotFound(sweep_id)
     return sweep
@@ -333,6 +272,13 @@ class SweepRow:
     findings: list[diagnosis.Finding]
 
 
+@dataclass(frozen=True)
+class SweepDetail:
+    sweep: Sweep
+    jobs: list[Job]  # in grid order
+    rows: list[SweepRow]
+
+
 def jobs_in_grid_order(sweep: Sweep, sweep_jobs: Sequence[Job]) -> list[Job]:
     """Jobs in the order of the grid's product (creation order is not reliable)."""
     order = {_point_key(p): i for i, p in enumerate(grid_points(sweep.grid))}
@@ -345,45 +291,41 @@ def jobs_in_grid_order(sweep: Sweep, sweep_jobs: Sequence[Job]) -> list[Job]:
     return sorted(sweep_jobs, key=rank)
 
 
-def sweep_jobs(*, session: Session, sweep: Sweep) -> list[Job]:
-    return jobs_in_grid_order(sweep, repository.jobs_of_sweep(session=session, sweep_id=sweep.id))
-
-
-def sweep_rows(*, session: Session, sweep: Sweep, sweep_jobs: Sequence[Job]) -> list[SweepRow]:
-    """Rows in grid order. Only finished jobs are diagnosed: a sweep has at most
-    MAX_SWEEP_POINTS jobs and each diagnosis is a few bounded queries."""
-    return [
+def sweep_detail(*, session: Session, sweep: Sweep) -> SweepDetail:
+    """The sweep's jobs and one row per grid point. Only finished jobs are diagnosed: a
+    sweep has at most ``max_sweep_points`` jobs and each diagnosis is a few bounded
+    queries."""
+    ordered = jobs_in_grid_order(
+        sweep, sweep_queries.jobs_of_sweep(session=session, sweep_id=sweep.id)
+    )
+    rows = [
         SweepRow(
             job=job,
             point=dict(job.grid_point or {}),
-            findings=jobs.diagnose_job(session=session, job=job) if job.is_finished else [],
+            findings=diagnosis.diagnose_job(session=session, job=job) if job.is_finished else [],
         )
-        for job in sweep_jobs
+        for job in ordered
     ]
+    return SweepDetail(sweep=sweep, jobs=ordered, rows=rows)
 
 
 @dataclass(frozen=True)
 class SweepPage:
     items: Sequence[Sweep]
-    counts: Mapping[str, Mapping[str, int]]  # sweep id -> job status -> count
+    counts: Mapping[str, Mapping[JobStatus, int]]  # sweep id -> job status -> count
     next_cursor: str | None
 
 
-LIST_SORT = "-created_at"
-
-
-def _encode_cursor(sweep: Sweep) -> str:
-    payload = {"s": LIST_SORT, "t": sweep.created_at.isoformat(), "i": sweep.id}
-    raw = json.dumps(payload, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _position(sweep: Sweep) -> pagination.Position:
+    return pagination.Position(key=sweep.created_at, id=sweep.id)
 
 
 def list_sweeps(*, session: Session, limit: int, cursor: str | None) -> SweepPage:
     """Newest first; two queries whatever the page size (sweeps, then job counts)."""
-    after = jobs.decode_cursor(cursor, LIST_SORT) if cursor else None
-    rows = repository.list_sweeps(session=session, after=after, limit=limit + 1)
-    items, next_cursor = rows[:limit], None
-    if len(rows) > limit:
-        next_cursor = _encode_cursor(rows[limit - 1])
-    counts = repository.count_sweep_jobs_by_status(session=session, sweep_ids=[s.id for s in items])
-    return SweepPage(items=items, counts=counts, next_cursor=next_cursor)
+    after = pagination.decode_cursor(cursor, sort=LIST_SORT, key_type=datetime) if cursor else None
+    rows = sweep_queries.list_sweeps(session=session, after=after, limit=limit + 1)
+    page = pagination.page_of(rows, limit=limit, sort=LIST_SORT, position_of=_position)
+    counts = sweep_queries.count_sweep_jobs_by_status(
+        session=session, sweep_ids=[s.id for s in page.items]
+    )
+    return SweepPage(items=page.items, counts=counts, next_cursor=page.next_cursor)

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from service.db import repository
+from service.db.repository import jobs as job_queries
+from service.db.repository import telemetry as telemetry_queries
 from worker.engine.events import (
     STAT_NAMES,
     EpochEnd,
@@ -125,14 +126,14 @@ class Recorder:
 
     def _write_progress(self, event: StepProgress) -> None:
         with self._session() as session:
-            repository.update_progress(
+            job_queries.update_progress(
                 session=session, job_id=self._job_id, epoch=event.epoch, step=event.step
             )
 
     def _write(self, event: object) -> None:
         with self._session() as session:
             if isinstance(event, RunStarted):
-                repository.save_run_plan(
+                telemetry_queries.save_run_plan(
                     session=session,
                     job_id=self._job_id,
                     layers=[asdict(layer) for layer in event.layers],
@@ -141,14 +142,14 @@ class Recorder:
                     device=event.device,
                 )
             elif isinstance(event, LayerStatsBatch):
-                self.rows_written += repository.add_layer_stats(
+                self.rows_written += telemetry_queries.add_layer_stats(
                     session=session, job_id=self._job_id, rows=layer_stat_rows(event)
                 )
                 if event.histograms:
-                    repository.add_histograms(
+                    telemetry_queries.add_histograms(
                         session=session, job_id=self._job_id, rows=histogram_rows(event)
                     )
             elif isinstance(event, EpochEnd):
-                repository.add_epoch_metric(
+                telemetry_queries.add_epoch_metric(
                     session=session, job_id=self._job_id, metric=asdict(event)
                 )

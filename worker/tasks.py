@@ -22,11 +22,15 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings, get_settings
-from service.db import repository
+from service.db.repository import datasets as dataset_queries
+from service.db.repository import jobs as job_queries
+from service.db.repository import telemetry as telemetry_queries
 from service.db.session import make_engine, make_session_factory
 from service.queue import TRAIN_TASK
 from service.specs import ExperimentSpec
+from service.vocabulary import JobStatus
 from worker.celery_app import app, configure_torch
+from worker.engine.events import TrainResult
 from worker.recorder import Recorder, SessionFactory
 
 logger = logging.getLogger(__name__)
@@ -79,12 +83,12 @@ class JobWatcher:
         while not self._done.wait(self._poll_s):
             try:
                 with self._session_factory() as session, session.begin():
-                    if not self._requested.is_set() and repository.is_cancel_requested(
+                    if not self._requested.is_set() and job_queries.is_cancel_requested(
                         session=session, job_id=self._job_id
                     ):
                         self._requested.set()
                     if time.monotonic() - last_beat >= self._heartbeat_s:
-                        repository.record_heartbeat(session=session, job_id=self._job_id)
+                        job_queries.record_heartbeat(session=session, job_id=self._job_id)
                         last_beat = time.monotonic()
             except Exception:  # a transient DB error must not kill the job
                 logger.warning("watching job %s failed", self._job_id, exc_info=True)
@@ -94,7 +98,7 @@ def _load_uploaded_arrays(
     session_factory: SessionFactory, dataset_id: str
 ) -> tuple[np.ndarray, np.ndarray]:
     with session_factory() as session:
-        content = repository.get_dataset_content(session=session, dataset_id=dataset_id)
+        content = dataset_queries.get_dataset_content(session=session, dataset_id=dataset_id)
     if content is None:
         raise LookupError(f"dataset {dataset_id} no longer exists")
     with np.load(io.BytesIO(content), allow_pickle=False) as archive:
@@ -105,14 +109,33 @@ def _finish(
     session_factory: SessionFactory,
     job_id: str,
     *,
-    status: str,
+    status: JobStatus,
     result: dict[str, Any] | None = None,
     error: str | None = None,
+    landscape: dict[str, Any] | None = None,
 ) -> None:
     with session_factory() as session, session.begin():
-        repository.finish_job(
+        if landscape is not None:
+            telemetry_queries.save_landscape(session=session, job_id=job_id, grid=landscape)
+        job_queries.finish_job(
             session=session, job_id=job_id, status=status, result=result, error=error
         )
+
+
+def result_summary(result: TrainResult, *, layer_stat_rows: int) -> dict[str, Any]:
+    """What ``job.result`` keeps: the run's figures and, instead of the landscape grid
+    (stored in its own table), a few numbers about it."""
+    summary = asdict(result) | {"layer_stat_rows": layer_stat_rows}
+    grid = summary.pop("landscape")
+    if grid is not None:
+        summary["landscape"] = {
+            "dims": grid["dims"],
+            "points": len(grid["alphas"]),
+            "roughness": grid["roughness"],
+            "sharpness": grid["sharpness"],
+            "local_minima": grid["local_minima"],
+        }
+    return summary
 
 
 def run_job(
@@ -127,7 +150,7 @@ def run_job(
 
     session_factory = _session_factory(settings.resolved_database_url)
     with session_factory() as session, session.begin():
-        job = repository.claim_job(session=session, job_id=job_id, worker=worker_name)
+        job = job_queries.claim_job(session=session, job_id=job_id, worker=worker_name)
         spec_json = job.spec if job is not None else None
     if spec_json is None:
         logger.info("job %s is not queued any more; nothing to do", job_id)
@@ -157,9 +180,9 @@ def run_job(
                 arrays=arrays,
                 flush_every=settings.telemetry_flush_steps,
             )
-        status = "cancelled" if result.cancelled else "succeeded"
-        summary = asdict(result) | {"layer_stat_rows": recorder.rows_written}
-        _finish(session_factory, job_id, status=status, result=summary)
+        status: JobStatus = "cancelled" if result.cancelled else "succeeded"
+        summary = result_summary(result, layer_stat_rows=recorder.rows_written)
+        _finish(session_factory, job_id, status=status, result=summary, landscape=result.landscape)
         logger.info("job %s %s: %s", job_id, status, summary)
         return status
     except BaseException as exc:
@@ -177,7 +200,7 @@ def fail_stale_jobs(settings: Settings) -> list[str]:
     stale_before = datetime.now(UTC) - timedelta(seconds=settings.stale_job_after_s)
     session_factory = _session_factory(settings.resolved_database_url)
     with session_factory() as session, session.begin():
-        job_ids = repository.fail_stale_jobs(session=session, stale_before=stale_before)
+        job_ids = job_queries.fail_stale_jobs(session=session, stale_before=stale_before)
     for job_id in job_ids:
         logger.warning("job %s failed: its worker stopped sending heartbeats", job_id)
     return job_ids

@@ -19,13 +19,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs
 from service.api.deps import require_api_key
-from service.api.routes import dashboard, datasets, health
+from service.api.routes import dashboard, datasets, diagnosis, health, telemetry
 from service.api.routes import jobs as job_routes
 from service.api.routes import sweeps as sweep_routes
-from service.api.schemas import error_responses
+from service.api.schemas.common import error_responses
 from service.config import Settings, get_settings
 from service.db.session import make_engine, make_session_factory
-from service.errors import ServiceError, json_safe_input
+from service.errors import ServiceError
+from service.kit.jsonnum import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ async def validation_error_handler(_request: Request, exc: Exception) -> JSONRes
     """FastAPI's 422, except that inputs it cannot write as JSON (1e400 parses to inf)
     are echoed as strings instead of turning the 422 into a 500."""
     assert isinstance(exc, RequestValidationError)
-    errors = [{**error, "input": json_safe_input(error.get("input"))} for error in exc.errors()]
+    errors = [{**error, "input": json_safe(error.get("input"))} for error in exc.errors()]
     return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
 
 
@@ -192,6 +193,8 @@ def _v1_router() -> APIRouter:
         responses=error_responses(401, 403),
     )
     router.include_router(job_routes.router)
+    router.include_router(telemetry.router)
+    router.include_router(diagnosis.router)
     router.include_router(datasets.router)
     router.include_router(sweep_routes.router)
     return router

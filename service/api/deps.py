@@ -21,7 +21,8 @@ def get_app_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; use cases commit, anything uncommitted is rolled back."""
+    """One session per request. It never commits: the use cases that change something
+    commit themselves, and anything left uncommitted is rolled back when it closes."""
     factory: sessionmaker[Session] = request.app.state.session_factory
     with factory() as session:
         yield session

@@ -24,9 +24,16 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base, UTCDateTime, utcnow
-
-JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+from service.vocabulary import (
+    DATA_LAYOUTS,
+    FINISHED_STATUSES,
+    JOB_STATUSES,
+    LAYER_KINDS,
+    DataLayout,
+    JobStatus,
+    LayerKind,
+    sql_in,
+)
 
 # Same names and order as worker.engine.events.STAT_NAMES (the service must not import
 # the worker; tests check that the two agree).
@@ -55,10 +62,7 @@ def _job_fk() -> ForeignKey:
 class Job(Base):
     __tablename__ = "job"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')",
-            name="status",
-        ),
+        CheckConstraint(sql_in("status", JOB_STATUSES), name="status"),
         Index("ix_job_status_created_at", "status", "created_at"),
         Index("ix_job_created_at_id", "created_at", "id"),
         Index("ix_job_status_heartbeat_at", "status", "heartbeat_at"),
@@ -67,13 +71,15 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), default="", index=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[JobStatus] = mapped_column(String(16), default="queued")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     queue: Mapped[str] = mapped_column(String(32))
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     epochs: Mapped[int] = mapped_column(Integer, default=0)
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    # Final figures (train/val loss and accuracy, epochs, steps, ...) and, when the spec
+    # asked for one, a few numbers about the loss landscape; its grid is in ``landscape``.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -133,11 +139,12 @@ class EpochMetric(Base):
 
 class Layer(Base):
     __tablename__ = "layer"
+    __table_args__ = (CheckConstraint(sql_in("kind", LAYER_KINDS), name="kind"),)
 
     job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
     index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     name: Mapped[str] = mapped_column(String(300))
-    kind: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[LayerKind] = mapped_column(String(64))
     params: Mapped[int] = mapped_column(Integer)
     shape: Mapped[list[int]] = mapped_column(JSON)
     activation: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -183,6 +190,7 @@ class Dataset(Base):
     """An uploaded dataset, stored as a normalized .npz (x float32, y int64)."""
 
     __tablename__ = "dataset"
+    __table_args__ = (CheckConstraint(sql_in("layout", DATA_LAYOUTS), name="layout"),)
 
     id: Mapped[str] = mapped_column(String(15), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -190,7 +198,25 @@ class Dataset(Base):
     n_examples: Mapped[int] = mapped_column(Integer)
     x_shape: Mapped[list[int]] = mapped_column(JSON)
     num_classes: Mapped[int] = mapped_column(Integer)
-    layout: Mapped[str] = mapped_column(String(16))
+    layout: Mapped[DataLayout] = mapped_column(String(16))
     size_bytes: Mapped[int] = mapped_column(Integer)
     # Deferred: listing datasets must not load their arrays.
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
+class Landscape(Base):
+    """A job's loss-landscape slice (Li et al. 2018): the grid itself, kept out of
+    ``job.result`` so that reading or listing jobs never carries it."""
+
+    __tablename__ = "landscape"
+
+    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
+    dims: Mapped[int] = mapped_column(Integer)
+    alphas: Mapped[list[float]] = mapped_column(JSON)
+    # 1-D: a list of losses; 2-D: losses[i][j]. Non-finite losses as jsonnum strings.
+    losses: Mapped[list[Any]] = mapped_column(JSON)
+    roughness: Mapped[float | None] = mapped_column(Double)
+    sharpness: Mapped[float | None] = mapped_column(Double)
+    local_minima: Mapped[int] = mapped_column(Integer)
+    examples: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

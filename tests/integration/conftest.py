@@ -180,14 +180,22 @@ def _require_servers() -> tuple[str, str]:
         database = f"trainlab_it_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'CREATE DATABASE "{database}"')
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-        client.flushdb()  # a private Redis db index: stale messages from old runs go
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
     except Exception as exc:
         if os.environ.get("CI") == "true":
             raise RuntimeError(f"PostgreSQL/Redis must be reachable under CI: {exc}") from exc
         pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} or Redis at {REDIS_URL} unreachable: {exc}")
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     return f"{base}/{database}", REDIS_URL
+
+
+def _delete_keys(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
 
 
 def _drop_database(url: str) -> None:
@@ -206,9 +214,13 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory, mnist1d_cache: Path)
     data_dir, log_dir = root / "data", root / "logs"
     log_dir.mkdir()
     _share_cache(data_dir, mnist1d_cache)
+    # Its own key prefix: test runs sharing the machine's Redis never see each other's
+    # messages, and nothing of anybody else's is flushed.
+    key_prefix = f"trainlab-it-{uuid.uuid4().hex[:10]}:"
     env = _base_env(data_dir) | {
         "TRAINLAB_DATABASE_URL": database_url,
         "TRAINLAB_BROKER_URL": broker_url,
+        "TRAINLAB_BROKER_KEY_PREFIX": key_prefix,
     }
     subprocess.run([TRAINLAB, "migrate"], env=env, check=True, capture_output=True)
     port = _free_port()
@@ -236,6 +248,7 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory, mnist1d_cache: Path)
     finally:
         _stop(processes)
         _drop_database(database_url)
+        _delete_keys(broker_url, key_prefix)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 
 from service.api.app import create_app
 from service.config import Settings
-from service.db import repository
 from service.db.base import Base
 from service.db.migrate import upgrade_database
+from service.db.repository import jobs as job_queries
+from service.db.repository import telemetry as telemetry_queries
 from service.db.session import make_engine, make_session_factory
 
 PG_HOST = os.environ.get("TRAINLAB_TEST_PG_HOST", "127.0.0.1")
@@ -149,8 +150,8 @@ def start_running_job(
 ) -> str:
     """A job submitted over HTTP, claimed by a pretend worker, with its layer plan."""
     job_id: str = client.post("/v1/jobs", json={"name": "t"}).json()["id"]
-    repository.claim_job(session=session, job_id=job_id, worker="w")
-    repository.save_run_plan(
+    job_queries.claim_job(session=session, job_id=job_id, worker="w")
+    telemetry_queries.save_run_plan(
         session=session, job_id=job_id, layers=layers, total_steps=100, epochs=2, device="cpu"
     )
     session.commit()

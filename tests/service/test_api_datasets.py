@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
-from service.db import repository
+from service.db.repository import datasets as dataset_queries
 from tests.service.conftest import make_settings
 
 
@@ -42,7 +42,7 @@ def test_upload_npz_then_train_on_it(client: TestClient, session: Session) -> No
     assert client.get(f"/v1/datasets/{ds['id']}").json() == ds
     assert [d["id"] for d in client.get("/v1/datasets").json()] == [ds["id"]]
 
-    content = repository.get_dataset_content(session=session, dataset_id=ds["id"])
+    content = dataset_queries.get_dataset_content(session=session, dataset_id=ds["id"])
     assert content is not None and len(content) == ds["size_bytes"]
     with np.load(io.BytesIO(content)) as stored:
         assert stored["x"].dtype == np.float32 and stored["y"].dtype == np.int64

@@ -9,8 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.db import repository
+from service.db.repository import jobs as job_queries
+from service.db.repository import telemetry as telemetry_queries
 from service.specs import EXAMPLE_SPEC
+from service.vocabulary import FINISHED_STATUSES, JobStatus
 
 
 def _submit(client: TestClient, **spec: Any) -> dict[str, Any]:
@@ -62,11 +64,11 @@ def test_get_job_and_404(client: TestClient) -> None:
 
 def test_progress_reflects_worker_writes(client: TestClient, session: Session) -> None:
     job = _submit(client)
-    assert repository.claim_job(session=session, job_id=job["id"], worker="w1") is not None
-    repository.save_run_plan(
+    assert job_queries.claim_job(session=session, job_id=job["id"], worker="w1") is not None
+    telemetry_queries.save_run_plan(
         session=session, job_id=job["id"], layers=[], total_steps=40, epochs=5, device="cpu"
     )
-    repository.update_progress(session=session, job_id=job["id"], epoch=2, step=10)
+    job_queries.update_progress(session=session, job_id=job["id"], epoch=2, step=10)
     session.commit()
     body = client.get(f"/v1/jobs/{job['id']}").json()
     assert body["status"] == "running"
@@ -88,7 +90,7 @@ def test_list_filters_by_status_tag_name_and_spec_fields(
     sig = _submit(client, name="sig", tags=["vanishing"], model={"activation": "sigmoid"})
     relu = _submit(client, name="relu", tags=["fix"], train={"lr": 0.1})
     skip = _submit(client, name="res", model={"skip": True, "depth": 6}, data={"train_size": 64})
-    repository.claim_job(session=session, job_id=relu["id"], worker="w")
+    job_queries.claim_job(session=session, job_id=relu["id"], worker="w")
     session.commit()
 
     def ids(query: str) -> set[str]:
@@ -202,27 +204,27 @@ def test_cancel_queued_job_is_immediate(client: TestClient) -> None:
 def test_cancelled_queued_job_cannot_be_claimed(client: TestClient, session: Session) -> None:
     job = _submit(client)
     client.post(f"/v1/jobs/{job['id']}/cancel")
-    assert repository.claim_job(session=session, job_id=job["id"], worker="w") is None
+    assert job_queries.claim_job(session=session, job_id=job["id"], worker="w") is None
 
 
 def test_cancel_running_job_flags_it_for_the_worker(client: TestClient, session: Session) -> None:
     job = _submit(client)
-    repository.claim_job(session=session, job_id=job["id"], worker="w")
+    job_queries.claim_job(session=session, job_id=job["id"], worker="w")
     session.commit()
     body = client.post(f"/v1/jobs/{job['id']}/cancel").json()
     assert body["status"] == "running"
     assert body["cancel_requested"] is True
-    assert repository.is_cancel_requested(session=session, job_id=job["id"])
-    repository.finish_job(session=session, job_id=job["id"], status="cancelled")
+    assert job_queries.is_cancel_requested(session=session, job_id=job["id"])
+    job_queries.finish_job(session=session, job_id=job["id"], status="cancelled")
     session.commit()
     assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
 
 
-@pytest.mark.parametrize("final", ["succeeded", "failed", "cancelled"])
-def test_cancel_finished_job_is_409(client: TestClient, session: Session, final: str) -> None:
+@pytest.mark.parametrize("final", sorted(FINISHED_STATUSES))
+def test_cancel_finished_job_is_409(client: TestClient, session: Session, final: JobStatus) -> None:
     job = _submit(client)
-    repository.claim_job(session=session, job_id=job["id"], worker="w")
-    repository.finish_job(session=session, job_id=job["id"], status=final, result={"a": 1.0})
+    job_queries.claim_job(session=session, job_id=job["id"], worker="w")
+    job_queries.finish_job(session=session, job_id=job["id"], status=final, result={"a": 1.0})
     session.commit()
     response = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 409
@@ -231,9 +233,9 @@ def test_cancel_finished_job_is_409(client: TestClient, session: Session, final:
 
 def test_result_with_nan_is_readable(client: TestClient, session: Session) -> None:
     job = _submit(client)
-    repository.claim_job(session=session, job_id=job["id"], worker="w")
+    job_queries.claim_job(session=session, job_id=job["id"], worker="w")
     result = {"train_loss": float("nan"), "val_loss": float("inf"), "val_acc": 0.1}
-    repository.finish_job(session=session, job_id=job["id"], status="failed", result=result)
+    job_queries.finish_job(session=session, job_id=job["id"], status="failed", result=result)
     session.commit()
     body = client.get(f"/v1/jobs/{job['id']}").json()
     assert body["result"] == {"train_loss": "NaN", "val_loss": "Infinity", "val_acc": 0.1}

@@ -1,4 +1,4 @@
-"""GET /v1/jobs/{id}/landscape: the slice stored in the job's result, or a typed 404."""
+"""GET /v1/jobs/{id}/landscape: the slice stored in its own table, or a typed 404."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.db import repository
+from service.db.repository import jobs as job_queries
+from service.db.repository import telemetry as telemetry_queries
 from tests.service.conftest import start_running_job
 
 LANDSCAPE: dict[str, Any] = {
@@ -22,15 +23,20 @@ LANDSCAPE: dict[str, Any] = {
 }
 
 
-def _finished_job(client: TestClient, session: Session, result: dict[str, Any]) -> str:
+def _finished_job(
+    client: TestClient, session: Session, grid: dict[str, Any] | None, summary: dict[str, Any]
+) -> str:
     job_id = start_running_job(client, session, [])
-    repository.finish_job(session=session, job_id=job_id, status="succeeded", result=result)
+    if grid is not None:
+        telemetry_queries.save_landscape(session=session, job_id=job_id, grid=grid)
+    job_queries.finish_job(session=session, job_id=job_id, status="succeeded", result=summary)
     session.commit()
     return job_id
 
 
-def test_landscape_is_read_back_from_the_jobs_result(client: TestClient, session: Session) -> None:
-    job_id = _finished_job(client, session, {"train_loss": 1.5, "landscape": LANDSCAPE})
+def test_landscape_is_read_back_from_its_table(client: TestClient, session: Session) -> None:
+    summary = {"train_loss": 1.5, "landscape": {"dims": 1, "points": 5, "roughness": 0.25}}
+    job_id = _finished_job(client, session, LANDSCAPE, summary)
     response = client.get(f"/v1/jobs/{job_id}/landscape")
     assert response.status_code == 200, response.text
     assert response.json() == {
@@ -40,16 +46,26 @@ def test_landscape_is_read_back_from_the_jobs_result(client: TestClient, session
     }
 
 
+def test_job_reads_and_lists_never_carry_the_grid(client: TestClient, session: Session) -> None:
+    summary = {"train_loss": 1.5, "landscape": {"dims": 1, "points": 5, "roughness": 0.25}}
+    job_id = _finished_job(client, session, LANDSCAPE, summary)
+    read = client.get(f"/v1/jobs/{job_id}").json()
+    listed = client.get("/v1/jobs").json()["items"][0]
+    for job in (read, listed):
+        assert job["result"]["landscape"] == summary["landscape"]
+        assert "losses" not in str(job) and "alphas" not in str(job)
+
+
 def test_two_dimensional_landscape_is_a_grid(client: TestClient, session: Session) -> None:
     grid = {**LANDSCAPE, "dims": 2, "alphas": [-1.0, 1.0], "losses": [[2.0, 3.0], [1.0, 4.0]]}
-    job_id = _finished_job(client, session, {"landscape": grid})
+    job_id = _finished_job(client, session, grid, {})
     body = client.get(f"/v1/jobs/{job_id}/landscape").json()
     assert (body["dims"], body["losses"]) == (2, [[2.0, 3.0], [1.0, 4.0]])
 
 
 def test_landscape_is_404_when_the_job_has_none(client: TestClient, session: Session) -> None:
     running = start_running_job(client, session, [])
-    finished = _finished_job(client, session, {"train_loss": 1.5, "landscape": None})
+    finished = _finished_job(client, session, None, {"train_loss": 1.5, "landscape": None})
     for job_id in (running, finished):
         response = client.get(f"/v1/jobs/{job_id}/landscape")
         assert response.status_code == 404

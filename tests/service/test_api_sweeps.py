@@ -10,10 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service import queue, sweeps
+from service import queue
+from service.api.app import create_app
 from service.config import Settings
-from service.db import repository
+from service.db.repository import jobs as job_queries
 from service.specs import EXAMPLE_SPEC
+from tests.service.conftest import make_settings
 
 GRID = {"model.activation": ["sigmoid", "relu"], "model.norm": ["none", "batch"]}
 
@@ -116,9 +118,6 @@ def test_cross_field_rule_at_a_grid_value_or_at_the_base(client: TestClient) -> 
 
 
 def test_operator_limits_apply_to_every_point(tmp_path: Path, db_url: str) -> None:
-    from service.api.app import create_app
-    from tests.service.conftest import make_settings
-
     settings = make_settings(tmp_path, db_url, max_depth=8)
     with TestClient(create_app(settings)) as client:
         response = client.post(
@@ -128,11 +127,13 @@ def test_operator_limits_apply_to_every_point(tmp_path: Path, db_url: str) -> No
     assert response.json()["detail"][0]["loc"] == ["body", "grid", "model.depth", 1]
 
 
-def test_too_many_points_is_422_and_stores_nothing(client: TestClient, queue_dir: Path) -> None:
+def test_too_many_points_is_422_and_stores_nothing(
+    client: TestClient, settings: Settings, queue_dir: Path
+) -> None:
     grid = {"train.seed": list(range(9)), "model.depth": list(range(1, 9))}
     detail = _detail(client, {"grid": grid})
     assert detail[0]["loc"] == ["body", "grid"]
-    assert "72" in detail[0]["msg"] and str(sweeps.MAX_SWEEP_POINTS) in detail[0]["msg"]
+    assert f"72 points; a sweep may have at most {settings.max_sweep_points}" in detail[0]["msg"]
     assert client.get("/v1/sweeps").json()["items"] == []
     assert list(queue_dir.glob("*.msg")) == []
 
@@ -174,9 +175,9 @@ def test_rows_show_each_point_with_its_result_and_findings(
 ) -> None:
     sweep = _create(client, grid={"model.activation": ["sigmoid", "relu"]})
     first, second = (job["id"] for job in sweep["jobs"])
-    repository.claim_job(session=session, job_id=first, worker="w")
+    job_queries.claim_job(session=session, job_id=first, worker="w")
     result = {"train_loss": 2.0, "train_acc": 0.5, "val_loss": 2.5, "val_acc": 0.4}
-    repository.finish_job(
+    job_queries.finish_job(
         session=session, job_id=first, status="succeeded", result={**result, "diverged": True}
     )
     session.commit()
@@ -210,7 +211,7 @@ def test_unknown_sweep_is_404(client: TestClient) -> None:
 def test_list_newest_first_with_counts_and_cursor(client: TestClient, session: Session) -> None:
     older = _create(client, name="older")
     newer = _create(client, name="newer", grid={"train.lr": [0.1]})
-    repository.finish_job(session=session, job_id=older["jobs"][0]["id"], status="cancelled")
+    job_queries.finish_job(session=session, job_id=older["jobs"][0]["id"], status="cancelled")
     session.commit()
 
     page = client.get("/v1/sweeps?limit=1").json()
@@ -251,3 +252,14 @@ def test_openapi_has_the_sweep_example(client: TestClient) -> None:
     value = examples["activation_x_norm"]["value"]
     assert value["base"]["model"]["depth"] == 20 and value["base"]["data"]["dataset"] == "mnist1d"
     assert client.post("/v1/sweeps", json=value).status_code == 201
+
+
+def test_the_point_limit_is_an_operator_setting(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, db_url, max_sweep_points=4)
+    with TestClient(create_app(settings)) as client:
+        small = {"base": _base(), "grid": {"model.depth": [1, 2, 3, 4]}}
+        assert client.post("/v1/sweeps", json=small).status_code == 201
+        large = {"base": _base(), "grid": {"model.depth": [1, 2, 3, 4, 5]}}
+        response = client.post("/v1/sweeps", json=large)
+    assert response.status_code == 422
+    assert "5 points; a sweep may have at most 4" in response.json()["detail"][0]["msg"]

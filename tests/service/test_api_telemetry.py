@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service.db import repository
 from service.db.models import LAYER_STAT_COLUMNS
+from service.db.repository import telemetry as telemetry_queries
 from tests.service.conftest import start_running_job
 
 LAYERS = [
@@ -71,7 +71,7 @@ def test_metrics_are_per_epoch_rows_in_order(client: TestClient, session: Sessio
             "lr": 0.05,
             "seconds": 1.5,
         }
-        repository.add_epoch_metric(session=session, job_id=job_id, metric=metric)
+        telemetry_queries.add_epoch_metric(session=session, job_id=job_id, metric=metric)
     session.commit()
     rows = client.get(f"/v1/jobs/{job_id}/metrics").json()
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -97,7 +97,7 @@ def test_diverged_metrics_are_valid_json(client: TestClient, session: Session, d
         "lr": 0.05,
         "seconds": 1.0,
     }
-    repository.add_epoch_metric(session=session, job_id=job_id, metric=metric)
+    telemetry_queries.add_epoch_metric(session=session, job_id=job_id, metric=metric)
     session.commit()
     row = client.get(f"/v1/jobs/{job_id}/metrics").json()[0]
     # SQLite turns NaN into NULL; PostgreSQL keeps it.
@@ -113,7 +113,9 @@ def test_layers_table(client: TestClient, session: Session) -> None:
 
 def test_gradients_all_layers_and_stats_by_default(client: TestClient, session: Session) -> None:
     job_id = _running_job(client, session)
-    repository.add_layer_stats(session=session, job_id=job_id, rows=_stat_rows(range(0, 30, 10)))
+    telemetry_queries.add_layer_stats(
+        session=session, job_id=job_id, rows=_stat_rows(range(0, 30, 10))
+    )
     session.commit()
     body = client.get(f"/v1/jobs/{job_id}/gradients").json()
     assert body["job_id"] == job_id
@@ -134,7 +136,9 @@ def test_gradients_filter_layers_by_index_or_name_and_stats(
     client: TestClient, session: Session
 ) -> None:
     job_id = _running_job(client, session)
-    repository.add_layer_stats(session=session, job_id=job_id, rows=_stat_rows(range(0, 50, 10)))
+    telemetry_queries.add_layer_stats(
+        session=session, job_id=job_id, rows=_stat_rows(range(0, 50, 10))
+    )
     session.commit()
     query = "layer=0&layer=head&stat=grad_norm&stat=act_saturation&from_step=10&to_step=30"
     body = client.get(f"/v1/jobs/{job_id}/gradients?{query}").json()
@@ -154,7 +158,9 @@ def test_gradients_downsampled_keeping_first_and_last(
     client: TestClient, session: Session, n_steps: int, max_points: int
 ) -> None:
     job_id = _running_job(client, session)
-    repository.add_layer_stats(session=session, job_id=job_id, rows=_stat_rows(range(n_steps)))
+    telemetry_queries.add_layer_stats(
+        session=session, job_id=job_id, rows=_stat_rows(range(n_steps))
+    )
     session.commit()
     url = f"/v1/jobs/{job_id}/gradients?stat=grad_norm&max_points={max_points}"
     for series in client.get(url).json()["series"]:
@@ -181,7 +187,7 @@ def test_gradients_nan_and_inf(client: TestClient, session: Session, db_url: str
         "grad_std": -math.inf,
         "nan_count": 3.0,
     }
-    repository.add_layer_stats(session=session, job_id=job_id, rows=[row])
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=[row])
     session.commit()
     url = f"/v1/jobs/{job_id}/gradients?layer=0"
     point = client.get(url).json()["series"][0]["points"][0]
@@ -217,7 +223,7 @@ def test_histograms_by_layer_and_step(client: TestClient, session: Session) -> N
         for layer in range(3)
         for step in (10, 20)
     ]
-    assert repository.add_histograms(session=session, job_id=job_id, rows=rows) == 6
+    assert telemetry_queries.add_histograms(session=session, job_id=job_id, rows=rows) == 6
     session.commit()
     everything = client.get(f"/v1/jobs/{job_id}/histograms").json()
     assert len(everything) == 6

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from service import diagnosis as d
-from service.db import repository
+from service.db.repository import telemetry as telemetry_queries
+from service.diagnosis import rules as d
 from tests.service.conftest import start_running_job
 
 STEPS = 8
@@ -436,14 +436,16 @@ def test_late_layer_stats_are_the_last_half_strided_from_the_last_step(
     client: TestClient, session: Session
 ) -> None:
     job_id = _running_job(client, session)
-    repository.add_layer_stats(session=session, job_id=job_id, rows=_vanishing_rows(range(0, 101)))
+    telemetry_queries.add_layer_stats(
+        session=session, job_id=job_id, rows=_vanishing_rows(range(0, 101))
+    )
     session.commit()
-    rows = repository.list_late_layer_stats(
+    rows = telemetry_queries.list_late_layer_stats(
         session=session, job_id=job_id, stats=["grad_norm"], max_steps=1000
     )
     assert sorted({r.step for r in rows}) == list(range(50, 101))
     assert len(rows) == 51 * 5
-    strided = repository.list_late_layer_stats(
+    strided = telemetry_queries.list_late_layer_stats(
         session=session, job_id=job_id, stats=["grad_norm"], max_steps=10
     )
     steps = sorted({r.step for r in strided})
@@ -466,10 +468,10 @@ def test_running_sigmoid_job_reports_vanishing_gradient(
     client: TestClient, session: Session
 ) -> None:
     job_id = _running_job(client, session)
-    repository.add_layer_stats(
+    telemetry_queries.add_layer_stats(
         session=session, job_id=job_id, rows=_vanishing_rows(range(10, 110, 10))
     )
-    repository.add_epoch_metric(
+    telemetry_queries.add_epoch_metric(
         session=session,
         job_id=job_id,
         metric={"epoch": 1, "train_loss": 2.3, "train_acc": 0.1, "val_loss": 2.3, "val_acc": 0.1},
@@ -493,8 +495,8 @@ def test_nan_gradients_report_divergence(client: TestClient, session: Session) -
     for row in rows:
         if row["step"] >= 30:
             row.update(grad_norm=math.nan, nan_count=12.0)
-    repository.add_layer_stats(session=session, job_id=job_id, rows=rows)
-    repository.add_epoch_metric(
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
+    telemetry_queries.add_epoch_metric(
         session=session, job_id=job_id, metric={"epoch": 1, "train_loss": math.nan}
     )
     session.commit()

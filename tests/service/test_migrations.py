@@ -24,6 +24,7 @@ TABLES = {
     "layer_histogram",
     "dataset",
     "sweep",
+    "landscape",
 }
 
 

@@ -9,13 +9,15 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.db import repository
 from service.db.models import Job, JobTag, Layer, LayerStat
+from service.db.repository import datasets as dataset_queries
+from service.db.repository import jobs as job_queries
+from service.db.repository import telemetry as telemetry_queries
 from service.specs import ExperimentSpec
 
 
 def _job(session: Session, **spec: object) -> str:
-    job = repository.create_job(
+    job = job_queries.create_job(
         session=session, spec=ExperimentSpec.model_validate(spec), queue="cpu"
     )
     session.commit()
@@ -24,7 +26,7 @@ def _job(session: Session, **spec: object) -> str:
 
 def test_create_job_stores_spec_tags_and_defaults(session: Session) -> None:
     job_id = _job(session, name="n", tags=["a", "b", "a"], train={"epochs": 3})
-    job = repository.get_job(session=session, job_id=job_id)
+    job = job_queries.get_job(session=session, job_id=job_id)
     assert job is not None
     assert (job.status, job.epochs, job.step, job.cancel_requested) == ("queued", 3, 0, False)
     assert job.spec["train"]["epochs"] == 3
@@ -35,27 +37,27 @@ def test_create_job_stores_spec_tags_and_defaults(session: Session) -> None:
 
 def test_claim_is_atomic_and_only_from_queued(session: Session) -> None:
     job_id = _job(session)
-    claimed = repository.claim_job(session=session, job_id=job_id, worker="w1")
+    claimed = job_queries.claim_job(session=session, job_id=job_id, worker="w1")
     assert claimed is not None
     assert (claimed.status, claimed.worker) == ("running", "w1")
     assert claimed.started_at is not None
     session.commit()
-    assert repository.claim_job(session=session, job_id=job_id, worker="w2") is None
-    assert repository.claim_job(session=session, job_id="missing", worker="w2") is None
+    assert job_queries.claim_job(session=session, job_id=job_id, worker="w2") is None
+    assert job_queries.claim_job(session=session, job_id="missing", worker="w2") is None
 
 
 def test_finish_keeps_the_first_outcome(session: Session) -> None:
     job_id = _job(session)
-    repository.claim_job(session=session, job_id=job_id, worker="w")
-    repository.finish_job(session=session, job_id=job_id, status="succeeded", result={"a": 1})
-    repository.finish_job(session=session, job_id=job_id, status="failed", error="late")
+    job_queries.claim_job(session=session, job_id=job_id, worker="w")
+    job_queries.finish_job(session=session, job_id=job_id, status="succeeded", result={"a": 1})
+    job_queries.finish_job(session=session, job_id=job_id, status="failed", error="late")
     session.commit()
-    job = repository.get_job(session=session, job_id=job_id)
+    job = job_queries.get_job(session=session, job_id=job_id)
     assert job is not None
     assert (job.status, job.result, job.error) == ("succeeded", {"a": 1}, None)
     assert job.finished_at is not None
     with pytest.raises(ValueError, match="final status"):
-        repository.finish_job(session=session, job_id=job_id, status="running")
+        job_queries.finish_job(session=session, job_id=job_id, status="running")
 
 
 def test_save_run_plan_can_be_repeated(session: Session) -> None:
@@ -69,12 +71,12 @@ def test_save_run_plan_can_be_repeated(session: Session) -> None:
         "activation": None,
     }
     for _ in range(2):
-        repository.save_run_plan(
+        telemetry_queries.save_run_plan(
             session=session, job_id=job_id, layers=[layer], total_steps=9, epochs=3, device="cuda"
         )
     session.commit()
-    assert len(repository.list_layers(session=session, job_id=job_id)) == 1
-    job = repository.get_job(session=session, job_id=job_id)
+    assert len(telemetry_queries.list_layers(session=session, job_id=job_id)) == 1
+    job = job_queries.get_job(session=session, job_id=job_id)
     assert job is not None and (job.total_steps, job.device) == (9, "cuda")
 
 
@@ -90,8 +92,8 @@ def test_layer_stats_accept_numpy_scalars_and_missing_stats(session: Session) ->
             "unknown_key": 1.0,
         }
     ]
-    assert repository.add_layer_stats(session=session, job_id=job_id, rows=rows) == 1
-    assert repository.add_layer_stats(session=session, job_id=job_id, rows=[]) == 0
+    assert telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows) == 1
+    assert telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=[]) == 0
     session.commit()
     stat = session.scalars(select(LayerStat)).one()
     assert (stat.layer_index, stat.step, stat.grad_norm, stat.act_mean) == (1, 5, 0.5, None)
@@ -107,7 +109,7 @@ def test_non_finite_values_are_stored(session: Session) -> None:
         "grad_mean": math.inf,
         "grad_std": -math.inf,
     }
-    repository.add_layer_stats(session=session, job_id=job_id, rows=[row])
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=[row])
     session.commit()
     stat = session.scalars(select(LayerStat)).one()
     sqlite = session.get_bind().dialect.name == "sqlite"
@@ -118,14 +120,14 @@ def test_non_finite_values_are_stored(session: Session) -> None:
 
 def test_cancel_flags(session: Session) -> None:
     queued, running = _job(session), _job(session)
-    repository.claim_job(session=session, job_id=running, worker="w")
-    assert repository.cancel_queued_job(session=session, job_id=queued)
-    assert not repository.cancel_queued_job(session=session, job_id=running)
-    assert repository.request_cancel(session=session, job_id=running)
+    job_queries.claim_job(session=session, job_id=running, worker="w")
+    assert job_queries.cancel_queued_job(session=session, job_id=queued)
+    assert not job_queries.cancel_queued_job(session=session, job_id=running)
+    assert job_queries.request_cancel(session=session, job_id=running)
     session.commit()
-    assert repository.is_cancel_requested(session=session, job_id=running)
-    assert not repository.is_cancel_requested(session=session, job_id="missing")
-    assert repository.count_jobs_by_status(session=session) == {
+    assert job_queries.is_cancel_requested(session=session, job_id=running)
+    assert not job_queries.is_cancel_requested(session=session, job_id="missing")
+    assert job_queries.count_jobs_by_status(session=session) == {
         "queued": 0,
         "running": 1,
         "succeeded": 0,
@@ -144,10 +146,10 @@ def test_deleting_a_job_cascades_to_its_rows(session: Session) -> None:
         "shape": [1],
         "activation": None,
     }
-    repository.save_run_plan(
+    telemetry_queries.save_run_plan(
         session=session, job_id=job_id, layers=[layer], total_steps=1, epochs=1, device="cpu"
     )
-    repository.add_layer_stats(
+    telemetry_queries.add_layer_stats(
         session=session, job_id=job_id, rows=[{"layer_index": 0, "step": 0, "epoch": 1}]
     )
     session.commit()
@@ -158,7 +160,7 @@ def test_deleting_a_job_cascades_to_its_rows(session: Session) -> None:
 
 
 def test_dataset_content_roundtrip(session: Session) -> None:
-    dataset = repository.create_dataset(
+    dataset = dataset_queries.create_dataset(
         session=session,
         name="d",
         n_examples=10,
@@ -168,18 +170,18 @@ def test_dataset_content_roundtrip(session: Session) -> None:
         content=b"\x00npz",
     )
     session.commit()
-    assert repository.get_dataset_content(session=session, dataset_id=dataset.id) == b"\x00npz"
-    assert repository.get_dataset_content(session=session, dataset_id="ds_x") is None
+    assert dataset_queries.get_dataset_content(session=session, dataset_id=dataset.id) == b"\x00npz"
+    assert dataset_queries.get_dataset_content(session=session, dataset_id="ds_x") is None
 
 
 def test_result_with_numpy_scalars_and_nan_is_stored_as_json(session: Session) -> None:
     np = pytest.importorskip("numpy")
     job_id = _job(session)
     result = {"steps": np.int64(7), "val_loss": np.float64("nan"), "ok": True, "d": "cpu"}
-    repository.finish_job(session=session, job_id=job_id, status="succeeded", result=result)
+    job_queries.finish_job(session=session, job_id=job_id, status="succeeded", result=result)
     session.commit()
     session.expire_all()
-    job = repository.get_job(session=session, job_id=job_id)
+    job = job_queries.get_job(session=session, job_id=job_id)
     assert job is not None
     assert job.result == {"steps": 7, "val_loss": "NaN", "ok": True, "d": "cpu"}
 
@@ -187,16 +189,16 @@ def test_result_with_numpy_scalars_and_nan_is_stored_as_json(session: Session) -
 def test_stale_running_jobs_fail_and_live_ones_stay(session: Session) -> None:
     stale_id, live_id, queued_id = _job(session), _job(session), _job(session)
     for job_id in (stale_id, live_id):
-        repository.claim_job(session=session, job_id=job_id, worker="w")
+        job_queries.claim_job(session=session, job_id=job_id, worker="w")
     session.commit()
     cutoff = datetime.now(UTC) + timedelta(seconds=1)  # both heartbeats are older
-    repository.record_heartbeat(session=session, job_id=live_id)
+    job_queries.record_heartbeat(session=session, job_id=live_id)
     session.execute(
         update(Job).where(Job.id == live_id).values(heartbeat_at=cutoff + timedelta(seconds=5))
     )
     session.commit()
 
-    assert repository.fail_stale_jobs(session=session, stale_before=cutoff) == [stale_id]
+    assert job_queries.fail_stale_jobs(session=session, stale_before=cutoff) == [stale_id]
     session.commit()
     states = {
         job.id: (job.status, job.error)
@@ -205,20 +207,20 @@ def test_stale_running_jobs_fail_and_live_ones_stay(session: Session) -> None:
     assert states[stale_id][0] == "failed" and "worker lost" in (states[stale_id][1] or "")
     assert states[live_id] == ("running", None)
     assert states[queued_id] == ("queued", None)
-    assert repository.fail_stale_jobs(session=session, stale_before=cutoff) == []
+    assert job_queries.fail_stale_jobs(session=session, stale_before=cutoff) == []
 
 
 def test_heartbeat_moves_forward_only_while_running(session: Session) -> None:
     job_id = _job(session)
-    repository.record_heartbeat(session=session, job_id=job_id)
+    job_queries.record_heartbeat(session=session, job_id=job_id)
     session.commit()
-    job = repository.get_job(session=session, job_id=job_id)
+    job = job_queries.get_job(session=session, job_id=job_id)
     assert job is not None and job.heartbeat_at is None  # queued: no heartbeat
-    claimed = repository.claim_job(session=session, job_id=job_id, worker="w")
+    claimed = job_queries.claim_job(session=session, job_id=job_id, worker="w")
     assert claimed is not None and claimed.heartbeat_at is not None
     first = claimed.heartbeat_at
     session.commit()
-    repository.record_heartbeat(session=session, job_id=job_id)
+    job_queries.record_heartbeat(session=session, job_id=job_id)
     session.commit()
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None and job.heartbeat_at is not None and job.heartbeat_at >= first

@@ -8,8 +8,8 @@ from fastapi import APIRouter, File, Form, Path, UploadFile, status
 
 from service import datasets
 from service.api.deps import SessionDep, SettingsDep
-from service.api.schemas import DatasetRead, error_responses
-from service.db import repository
+from service.api.schemas.common import error_responses
+from service.api.schemas.datasets import DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -48,7 +48,7 @@ def upload_dataset(
 
 @router.get("", response_model=list[DatasetRead], summary="List datasets")
 def list_datasets(session: SessionDep) -> list[DatasetRead]:
-    return [DatasetRead.model_validate(d) for d in repository.list_datasets(session=session)]
+    return [DatasetRead.model_validate(d) for d in datasets.list_datasets(session=session)]
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=error_responses(404, 422))

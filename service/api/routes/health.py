@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import SQLAlchemyError
 
-from service import queue
+from service import health
 from service.api.deps import SessionDep, SettingsDep
-from service.api.schemas import Health
-from service.db import repository
-
-logger = logging.getLogger(__name__)
+from service.api.schemas.health import Health
 
 router = APIRouter(tags=["health"])
 
@@ -31,15 +25,8 @@ def healthz() -> Health:
     summary="Database and broker are reachable",
 )
 def readyz(session: SessionDep, settings: SettingsDep) -> Response:
-    checks = {"database": "ok", "broker": "ok"}
-    try:
-        repository.ping(session=session)
-    except SQLAlchemyError:
-        logger.warning("database not reachable", exc_info=True)
-        checks["database"] = "unreachable"
-    if not queue.broker_reachable(settings):
-        checks["broker"] = "unreachable"
-    ok = all(v == "ok" for v in checks.values())
+    checks = health.readiness(session=session, settings=settings)
+    ok = all(v == health.OK for v in checks.values())
     body = Health(status="ok" if ok else "unavailable", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 

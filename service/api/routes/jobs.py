@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, read, list, cancel, and the telemetry of one job."""
+"""/v1/jobs: submit, list, read and cancel jobs."""
 
 from __future__ import annotations
 
@@ -8,33 +8,12 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from service import jobs
 from service.api.deps import IdempotencyKeyDep, JobDep, SessionDep, SettingsDep
-from service.api.schemas import (
-    SPEC_EXAMPLES,
-    Diagnosis,
-    EpochMetricRead,
-    FindingRead,
-    Gradients,
-    GradientSeries,
-    HistogramRead,
-    JobRead,
-    JobStatus,
-    LandscapeRead,
-    LayerRead,
-    Page,
-    error_responses,
-    job_read,
-)
-from service.db import repository
-from service.errors import LandscapeNotAvailable
+from service.api.schemas.common import Page, error_responses
+from service.api.schemas.jobs import SPEC_EXAMPLES, JobRead, job_read
 from service.specs import ExperimentSpec
+from service.vocabulary import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-MAX_STEP = 2**31 - 1
-StepQuery = Annotated[int | None, Query(ge=0, le=MAX_STEP)]
-LayerQuery = Annotated[
-    list[str], Query(description="Layer index or name; repeat for several. Default: all.")
-]
 
 
 @router.post(
@@ -109,104 +88,3 @@ def get_job(job: JobDep) -> JobRead:
 )
 def cancel_job(job: JobDep, session: SessionDep) -> JobRead:
     return job_read(jobs.cancel_job(session=session, job=job))
-
-
-@router.get(
-    "/{job_id}/metrics", response_model=list[EpochMetricRead], responses=error_responses(404)
-)
-def job_metrics(job: JobDep, session: SessionDep) -> list[EpochMetricRead]:
-    rows = repository.list_epoch_metrics(session=session, job_id=job.id)
-    return [EpochMetricRead.model_validate(row) for row in rows]
-
-
-@router.get("/{job_id}/layers", response_model=list[LayerRead], responses=error_responses(404))
-def job_layers(job: JobDep, session: SessionDep) -> list[LayerRead]:
-    rows = repository.list_layers(session=session, job_id=job.id)
-    return [LayerRead.model_validate(row) for row in rows]
-
-
-@router.get(
-    "/{job_id}/gradients",
-    response_model=Gradients,
-    responses=error_responses(404, 422),
-    summary="Per-layer statistics over training steps",
-    description="Each layer's series is downsampled to at most `max_points` by a uniform "
-    "stride that keeps the first and last point. Non-finite values are the strings "
-    '"NaN", "Infinity", "-Infinity" (a NaN stored in SQLite reads back as null).',
-)
-def job_gradients(
-    job: JobDep,
-    session: SessionDep,
-    layer: LayerQuery = [],  # noqa: B006
-    stat: Annotated[list[str], Query(description="Statistic names. Default: all.")] = [],  # noqa: B006
-    from_step: StepQuery = None,
-    to_step: StepQuery = None,
-    max_points: Annotated[int, Query(ge=2, le=10_000)] = 500,
-) -> Gradients:
-    stats, series = jobs.gradient_series(
-        session=session,
-        job=job,
-        layer=layer,
-        stat=stat,
-        from_step=from_step,
-        to_step=to_step,
-        max_points=max_points,
-    )
-    return Gradients(
-        job_id=job.id,
-        stats=stats,
-        series=[GradientSeries.model_validate(s, from_attributes=True) for s in series],
-    )
-
-
-@router.get(
-    "/{job_id}/histograms",
-    response_model=list[HistogramRead],
-    responses=error_responses(404, 422),
-    summary="Per-layer gradient histograms",
-)
-def job_histograms(
-    job: JobDep,
-    session: SessionDep,
-    layer: LayerQuery = [],  # noqa: B006
-    step: StepQuery = None,
-) -> list[HistogramRead]:
-    rows = jobs.histograms(session=session, job=job, layer=layer, step=step)
-    return [HistogramRead.model_validate(row) for row in rows]
-
-
-@router.get(
-    "/{job_id}/diagnosis",
-    response_model=Diagnosis,
-    responses=error_responses(404, 422),
-    summary="What went wrong in training",
-    description="Rules over the stored statistics, computed at request time: "
-    "`vanishing_gradient`, `exploding_gradient`, `dead_units`, `saturation`, `overfitting`, "
-    "`divergence`, `not_learning`. Gradient and activation rules judge the last half of "
-    "the steps recorded so far, so a running job gets the findings so far and a queued "
-    "one an empty list.",
-)
-def job_diagnosis(job: JobDep, session: SessionDep) -> Diagnosis:
-    findings = jobs.diagnose_job(session=session, job=job)
-    return Diagnosis(
-        job_id=job.id,
-        status=job.status,
-        findings=[FindingRead.model_validate(f) for f in findings],
-    )
-
-
-@router.get(
-    "/{job_id}/landscape",
-    response_model=LandscapeRead,
-    responses=error_responses(404, 422),
-    summary="Loss-landscape slice of the trained model",
-    description="The loss along one or two random filter-normalized directions through the "
-    "trained weights (Li et al. 2018), computed by the worker when training ends if the spec "
-    "sets `telemetry.landscape`. Compare a plain net with its `skip: true` twin. 404 while "
-    "there is none (not asked for, not finished, cancelled or diverged).",
-)
-def job_landscape(job: JobDep) -> LandscapeRead:
-    landscape = (job.result or {}).get("landscape")
-    if not landscape:
-        raise LandscapeNotAvailable(job.id, job.status)
-    return LandscapeRead.model_validate({**landscape, "job_id": job.id})

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 
 from service import sweeps
 from service.api.deps import SessionDep, SettingsDep
-from service.api.schemas import Page, error_responses
-from service.api.sweep_schemas import (
+from service.api.schemas.common import Page, error_responses
+from service.api.schemas.sweeps import (
     SWEEP_EXAMPLES,
     SweepCreate,
     SweepDetail,
@@ -42,7 +42,8 @@ SweepDep = Annotated[Sweep, Depends(get_sweep)]
     summary="Submit a sweep: one job per grid point",
     description="Every point (the base spec with the grid's values set) is validated like "
     "a job body before anything is stored; an invalid value is a 422 located in the grid "
-    f'(`["body", "grid", "model.depth", 1]`). At most {sweeps.MAX_SWEEP_POINTS} points. '
+    '(`["body", "grid", "model.depth", 1]`). At most `max_sweep_points` points (an '
+    "operator setting, default 64). "
     "The sweep and its jobs are committed together, then each job is queued.",
 )
 def create_sweep(
@@ -85,6 +86,4 @@ def list_sweeps(
     "findings (code, severity) once the job has finished.",
 )
 def get_sweep_detail(sweep: SweepDep, session: SessionDep) -> SweepDetail:
-    jobs = sweeps.sweep_jobs(session=session, sweep=sweep)
-    rows = sweeps.sweep_rows(session=session, sweep=sweep, sweep_jobs=jobs)
-    return sweep_detail(sweep, jobs, rows)
+    return sweep_detail(sweeps.sweep_detail(session=session, sweep=sweep))

@@ -1,8 +1,4 @@
-"""API schemas of /v1/sweeps: the request body, the sweep with its jobs, one row per point.
-
-Kept apart from ``service.api.schemas`` (jobs, telemetry), whose ``JobRead`` and ``Page``
-they reuse.
-"""
+"""Schemas of /v1/sweeps: the request body, the sweep with its jobs, one row per point."""
 
 from __future__ import annotations
 
@@ -14,11 +10,12 @@ from typing import Annotated, Any, Literal
 from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.schemas import JobRead, JobStatus, job_read
+from service import sweeps
+from service.api.schemas.jobs import JobRead, job_read
 from service.db.models import Job, Sweep
 from service.diagnosis import Finding
 from service.specs import EXAMPLE_SPEC, ExperimentSpec
-from service.sweeps import MAX_SWEEP_POINTS, SweepRow
+from service.vocabulary import JobStatus
 
 # Any, not a union of JSON scalars: each value is validated against its spec field, which
 # gives one located message ("model.depth: Input should be a valid integer").
@@ -27,7 +24,7 @@ GridValues = Annotated[list[Any], Field(min_length=1)]
 GRID_DESCRIPTION = (
     "Spec fields to vary, by dotted name (`model.activation`, `train.lr`, "
     "`data.augment.noise`), each with the values to try. One job per point of the "
-    f"cartesian product, at most {MAX_SWEEP_POINTS} points."
+    "cartesian product, at most `max_sweep_points` (an operator setting, default 64)."
 )
 
 
@@ -91,7 +88,7 @@ class SweepSummary(BaseModel):
     grid: dict[str, list[Any]]
     created_at: datetime
     points: int = Field(description="Number of jobs in the sweep.")
-    status_counts: dict[str, int] = Field(description="Jobs of the sweep by status.")
+    status_counts: dict[JobStatus, int] = Field(description="Jobs of the sweep by status.")
 
 
 def sweep_read(sweep: Sweep, jobs: Sequence[Job]) -> SweepRead:
@@ -109,7 +106,7 @@ def _brief(finding: Finding) -> FindingBrief:
     return FindingBrief(code=finding.code, severity=finding.severity, summary=finding.summary)
 
 
-def _row_read(row: SweepRow) -> SweepRowRead:
+def _row_read(row: sweeps.SweepRow) -> SweepRowRead:
     job = row.job
     return SweepRowRead.model_validate(
         {
@@ -124,11 +121,13 @@ def _row_read(row: SweepRow) -> SweepRowRead:
     )
 
 
-def sweep_detail(sweep: Sweep, jobs: Sequence[Job], rows: Sequence[SweepRow]) -> SweepDetail:
-    return SweepDetail(**dict(sweep_read(sweep, jobs)), rows=[_row_read(row) for row in rows])
+def sweep_detail(detail: sweeps.SweepDetail) -> SweepDetail:
+    return SweepDetail(
+        **dict(sweep_read(detail.sweep, detail.jobs)), rows=[_row_read(row) for row in detail.rows]
+    )
 
 
-def sweep_summary(sweep: Sweep, counts: Mapping[str, int]) -> SweepSummary:
+def sweep_summary(sweep: Sweep, counts: Mapping[JobStatus, int]) -> SweepSummary:
     return SweepSummary(
         id=sweep.id,
         name=sweep.name,

@@ -1,7 +1,7 @@
-"""Automatic diagnosis of a training job from its stored statistics.
+"""The diagnosis rules: what went wrong in a training job, from its stored statistics.
 
 Pure functions over plain arrays and dataclasses: no SQL, no FastAPI, no torch. The use
-case (``service.jobs.diagnose_job``) loads the rows and calls :func:`diagnose`.
+case (``service.diagnosis.diagnose_job``) loads the rows and calls :func:`diagnose`.
 
 Thresholds are named constants below, set from figures measured on MNIST-1D (README,
 "the lessons as measured"): the first/last hidden-layer gradient-norm ratio of a
@@ -21,13 +21,16 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from service.kit.jsonnum import nonfinite_name
+from service.vocabulary import HIDDEN_WEIGHT_KINDS
+
 Severity = Literal["info", "warning", "critical"]
 Evidence = dict[str, float | int | str]
 FloatArray = npt.NDArray[np.float64]
 
 SEVERITY_ORDER: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
 
-WEIGHT_KINDS: frozenset[str] = frozenset({"linear", "conv1d", "conv2d"})
+WEIGHT_KINDS: frozenset[str] = frozenset(HIDDEN_WEIGHT_KINDS)
 SIGMOID_LIKE: frozenset[str] = frozenset({"sigmoid", "tanh"})
 
 # vanishing_gradient: median grad_norm(first weight layer) / grad_norm(last hidden one).
@@ -187,7 +190,7 @@ def _num(value: float | int) -> float | int | str:
         return int(value)
     x = float(value)
     if not math.isfinite(x):  # e.g. a ratio that overflowed: JSON has no Infinity
-        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+        return nonfinite_name(x)
     return float(f"{x:.4g}")
 
 

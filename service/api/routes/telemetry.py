@@ -1,0 +1,105 @@
+"""/v1/jobs/{id}/...: what a job recorded: metrics, layers, statistics, histograms,
+and its loss-landscape slice."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service import telemetry
+from service.api.deps import JobDep, SessionDep
+from service.api.schemas.common import error_responses
+from service.api.schemas.telemetry import (
+    EpochMetricRead,
+    Gradients,
+    GradientSeries,
+    HistogramRead,
+    LandscapeRead,
+    LayerRead,
+)
+
+router = APIRouter(prefix="/jobs", tags=["telemetry"])
+
+MAX_STEP = 2**31 - 1
+StepQuery = Annotated[int | None, Query(ge=0, le=MAX_STEP)]
+LayerQuery = Annotated[
+    list[str], Query(description="Layer index or name; repeat for several. Default: all.")
+]
+
+
+@router.get(
+    "/{job_id}/metrics", response_model=list[EpochMetricRead], responses=error_responses(404)
+)
+def job_metrics(job: JobDep, session: SessionDep) -> list[EpochMetricRead]:
+    rows = telemetry.epoch_metrics(session=session, job=job)
+    return [EpochMetricRead.model_validate(row) for row in rows]
+
+
+@router.get("/{job_id}/layers", response_model=list[LayerRead], responses=error_responses(404))
+def job_layers(job: JobDep, session: SessionDep) -> list[LayerRead]:
+    return [LayerRead.model_validate(row) for row in telemetry.layers(session=session, job=job)]
+
+
+@router.get(
+    "/{job_id}/gradients",
+    response_model=Gradients,
+    responses=error_responses(404, 422),
+    summary="Per-layer statistics over training steps",
+    description="Each layer's series is downsampled to at most `max_points` by a uniform "
+    "stride that keeps the first and last point. Non-finite values are the strings "
+    '"NaN", "Infinity", "-Infinity" (a NaN stored in SQLite reads back as null).',
+)
+def job_gradients(
+    job: JobDep,
+    session: SessionDep,
+    layer: LayerQuery = [],  # noqa: B006
+    stat: Annotated[list[str], Query(description="Statistic names. Default: all.")] = [],  # noqa: B006
+    from_step: StepQuery = None,
+    to_step: StepQuery = None,
+    max_points: Annotated[int, Query(ge=2, le=10_000)] = 500,
+) -> Gradients:
+    stats, series = telemetry.gradient_series(
+        session=session,
+        job=job,
+        layer=layer,
+        stat=stat,
+        from_step=from_step,
+        to_step=to_step,
+        max_points=max_points,
+    )
+    return Gradients(
+        job_id=job.id,
+        stats=stats,
+        series=[GradientSeries.model_validate(s) for s in series],
+    )
+
+
+@router.get(
+    "/{job_id}/histograms",
+    response_model=list[HistogramRead],
+    responses=error_responses(404, 422),
+    summary="Per-layer gradient histograms",
+)
+def job_histograms(
+    job: JobDep,
+    session: SessionDep,
+    layer: LayerQuery = [],  # noqa: B006
+    step: StepQuery = None,
+) -> list[HistogramRead]:
+    rows = telemetry.histograms(session=session, job=job, layer=layer, step=step)
+    return [HistogramRead.model_validate(row) for row in rows]
+
+
+@router.get(
+    "/{job_id}/landscape",
+    response_model=LandscapeRead,
+    responses=error_responses(404, 422),
+    summary="Loss-landscape slice of the trained model",
+    description="The loss along one or two random filter-normalized directions through the "
+    "trained weights (Li et al. 2018), computed by the worker when training ends if the spec "
+    "sets `telemetry.landscape`. Compare a plain net with its `skip: true` twin. 404 while "
+    "there is none (not asked for, not finished, cancelled or diverged).",
+)
+def job_landscape(job: JobDep, session: SessionDep) -> LandscapeRead:
+    return LandscapeRead.model_validate(telemetry.landscape(session=session, job=job))

@@ -1,0 +1,120 @@
+"""Schemas of /v1/jobs: the job as clients see it, and the example bodies of a submit."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+from fastapi.openapi.models import Example
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.db.models import Job
+from service.specs import EXAMPLE_SPEC
+from service.vocabulary import JobStatus
+
+
+class Progress(BaseModel):
+    epoch: int
+    epochs: int
+    step: int
+    total_steps: int
+    fraction: float = Field(ge=0.0, le=1.0)
+
+
+class JobRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    tags: list[str]
+    status: JobStatus
+    spec: dict[str, Any]
+    progress: Progress
+    result: dict[str, Any] | None = Field(
+        description="Final figures once finished: train_loss, train_acc, val_loss, val_acc, "
+        "best_val_loss, best_epoch, epochs_run, steps, ... and, when the spec asked for a "
+        "loss-landscape slice, its summary (the grid is at /v1/jobs/{id}/landscape)."
+    )
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None = Field(
+        description="Last sign of life from the worker training it (running jobs)."
+    )
+    worker: str | None
+    device: str | None
+    queue: str
+    cancel_requested: bool
+
+
+def job_read(job: Job) -> JobRead:
+    """JobRead from a stored job (progress is derived)."""
+    if job.status == "succeeded":
+        fraction = 1.0  # also when early stopping ended it before total_steps
+    elif job.total_steps:
+        fraction = min(1.0, job.step / job.total_steps)
+    else:
+        fraction = 0.0
+    progress = Progress(
+        epoch=job.epoch,
+        epochs=job.epochs,
+        step=job.step,
+        total_steps=job.total_steps,
+        fraction=fraction,
+    )
+    columns = {name: getattr(job, name) for name in set(JobRead.model_fields) - {"progress"}}
+    return JobRead.model_validate({**columns, "progress": progress})
+
+
+def _variant(name: str, tags: list[str], **parts: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(EXAMPLE_SPEC)
+    spec["name"], spec["tags"] = name, tags
+    for part, changes in parts.items():
+        spec[part] = {**spec[part], **changes}
+    return spec
+
+
+SPEC_EXAMPLES: dict[str, Example] = {
+    "vanishing": {
+        "summary": "Vanishing gradients: 20 sigmoid layers",
+        "value": EXAMPLE_SPEC,
+    },
+    "relu_batchnorm": {
+        "summary": "Fix: ReLU, He init and batch norm at the same depth",
+        "value": _variant(
+            "relu-bn-depth-20",
+            ["vanishing", "fix"],
+            model={"activation": "relu", "norm": "batch", "init": "kaiming"},
+        ),
+    },
+    "residual": {
+        "summary": "Residual network: 34 layers in blocks of two",
+        "value": _variant(
+            "residual-depth-34",
+            ["degradation"],
+            model={"depth": 34, "width": 64, "activation": "relu", "skip": True},
+        ),
+    },
+    "residual_landscape": {
+        "summary": "Residual network with a loss-landscape slice (compare skip: false)",
+        "value": _variant(
+            "residual-landscape-depth-24",
+            ["degradation", "landscape"],
+            model={"depth": 24, "width": 64, "activation": "relu", "norm": "batch", "skip": True},
+            train={"epochs": 3},
+            telemetry={"landscape": {"points": 21, "span": 1.0, "dims": 1, "max_examples": 1024}},
+        ),
+    },
+    "overfitting_dropout": {
+        "summary": "Overfitting: a big model on 256 examples, with dropout",
+        "value": _variant(
+            "overfit-dropout",
+            ["overfitting"],
+            data={"train_size": 256},
+            model={"depth": 4, "width": 512, "activation": "relu", "dropout": 0.3},
+            train={"epochs": 20, "optimizer": "adam", "lr": 0.001},
+        ),
+    },
+}

@@ -1,0 +1,78 @@
+"""Queries of sweeps: the sweep row, its jobs, and job counts for lists."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.db.base import utcnow
+from service.db.models import Job, Sweep
+from service.db.repository import keyset
+from service.kit.pagination import Position
+from service.vocabulary import JOB_STATUSES, JobStatus
+
+
+def create_sweep(
+    *,
+    session: Session,
+    sweep_id: str,
+    name: str,
+    base: Mapping[str, Any],
+    grid: Mapping[str, Sequence[Any]],
+) -> Sweep:
+    """The sweep row; its jobs are added with ``jobs.create_job(..., sweep_id=...)``."""
+    sweep = Sweep(
+        id=sweep_id,
+        name=name,
+        base=dict(base),
+        grid={key: list(values) for key, values in grid.items()},
+        created_at=utcnow(),
+    )
+    session.add(sweep)
+    session.flush()
+    return sweep
+
+
+def get_sweep(*, session: Session, sweep_id: str) -> Sweep | None:
+    return session.get(Sweep, sweep_id)
+
+
+def list_sweeps(
+    *, session: Session, after: Position | None = None, limit: int = 50
+) -> Sequence[Sweep]:
+    """Newest first, keyset pagination on (created_at, id) like the job list."""
+    stmt = select(Sweep)
+    if after is not None:
+        stmt = stmt.where(
+            keyset.after(key=Sweep.created_at, row_id=Sweep.id, position=after, descending=True)
+        )
+    order = keyset.order(key=Sweep.created_at, row_id=Sweep.id, descending=True)
+    return session.scalars(stmt.order_by(*order).limit(limit)).all()
+
+
+def jobs_of_sweep(*, session: Session, sweep_id: str) -> Sequence[Job]:
+    """All jobs of one sweep in one query (at most the sweep's grid size)."""
+    stmt = select(Job).where(Job.sweep_id == sweep_id).order_by(Job.created_at, Job.id)
+    return session.scalars(stmt).all()
+
+
+def count_sweep_jobs_by_status(
+    *, session: Session, sweep_ids: Sequence[str]
+) -> dict[str, dict[JobStatus, int]]:
+    """{sweep_id: {status: n}} for many sweeps in one grouped query (no N+1 in lists)."""
+    counts: dict[str, dict[JobStatus, int]] = {
+        sweep_id: dict.fromkeys(JOB_STATUSES, 0) for sweep_id in sweep_ids
+    }
+    if not sweep_ids:
+        return counts
+    rows = session.execute(
+        select(Job.sweep_id, Job.status, func.count())
+        .where(Job.sweep_id.in_(sweep_ids))
+        .group_by(Job.sweep_id, Job.status)
+    ).all()
+    for sweep_id, status, n in rows:
+        counts[str(sweep_id)][status] = int(n)
+    return counts

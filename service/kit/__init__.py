@@ -1,0 +1,1 @@
+"""Small shared pieces: keyset pagination, the dotted spec-path walker, JSON numbers."""

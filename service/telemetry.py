@@ -1,0 +1,122 @@
+"""Telemetry use cases: what a job recorded, read back for the API.
+
+Epoch metrics, the layer table, per-layer statistic series (downsampled in SQL),
+gradient histograms and the loss-landscape slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service.db.models import LAYER_STAT_COLUMNS, EpochMetric, Job, Landscape, Layer, LayerHistogram
+from service.db.repository import telemetry as telemetry_queries
+from service.errors import InvalidRequest, LandscapeNotAvailable
+from service.kit.jsonnum import json_number
+
+
+def epoch_metrics(*, session: Session, job: Job) -> Sequence[EpochMetric]:
+    return telemetry_queries.list_epoch_metrics(session=session, job_id=job.id)
+
+
+def layers(*, session: Session, job: Job) -> Sequence[Layer]:
+    return telemetry_queries.list_layers(session=session, job_id=job.id)
+
+
+def resolve_layers(layers: Sequence[Layer], wanted: Sequence[str]) -> list[int] | None:
+    """``layer`` query values, each an index or a module name; None means all layers."""
+    if not wanted:
+        return None
+    by_name = {layer.name: layer.index for layer in layers}
+    indexes = {layer.index for layer in layers}
+    resolved: list[int] = []
+    for value in wanted:
+        if value.lstrip("-").isdigit() and int(value) in indexes:
+            resolved.append(int(value))
+        elif value in by_name:
+            resolved.append(by_name[value])
+        else:
+            msg = f"unknown layer {value!r}: give a layer index or name from /layers"
+            raise InvalidRequest.single(("query", "layer"), msg, value)
+    return resolved
+
+
+def resolve_stats(wanted: Sequence[str]) -> list[str]:
+    if not wanted:
+        return list(LAYER_STAT_COLUMNS)
+    for value in wanted:
+        if value not in LAYER_STAT_COLUMNS:
+            msg = f"unknown statistic {value!r}: use one of {', '.join(LAYER_STAT_COLUMNS)}"
+            raise InvalidRequest.single(("query", "stat"), msg, value)
+    return list(dict.fromkeys(wanted))
+
+
+@dataclass(frozen=True)
+class Series:
+    layer_index: int
+    name: str
+    kind: str
+    points: list[dict[str, Any]]
+
+
+def _point_value(value: Any) -> Any:
+    return json_number(value) if isinstance(value, float) else value
+
+
+def gradient_series(
+    *,
+    session: Session,
+    job: Job,
+    layer: Sequence[str],
+    stat: Sequence[str],
+    from_step: int | None,
+    to_step: int | None,
+    max_points: int,
+) -> tuple[list[str], list[Series]]:
+    """(statistic names, one series per layer); each series at most ``max_points`` long."""
+    plan = telemetry_queries.list_layers(session=session, job_id=job.id)
+    stats = resolve_stats(stat)
+    indexes = resolve_layers(plan, layer)
+    rows = telemetry_queries.list_layer_stats(
+        session=session,
+        job_id=job.id,
+        stats=stats,
+        layer_indexes=indexes,
+        from_step=from_step,
+        to_step=to_step,
+        max_points=max_points,
+    )
+    wanted = set(indexes) if indexes is not None else {info.index for info in plan}
+    series = {
+        info.index: Series(info.index, info.name, info.kind, [])
+        for info in plan
+        if info.index in wanted
+    }
+    for row in rows:
+        cells: tuple[Any, ...] = tuple(row)
+        index, step, epoch, values = cells[0], cells[1], cells[2], cells[3:]
+        if index not in series:  # statistics without a layer row (plan not saved)
+            series[index] = Series(index, str(index), "unknown", [])
+        point = {"step": step, "epoch": epoch}
+        point.update({name: _point_value(v) for name, v in zip(stats, values, strict=True)})
+        series[index].points.append(point)
+    return stats, [series[i] for i in sorted(series)]
+
+
+def histograms(
+    *, session: Session, job: Job, layer: Sequence[str], step: int | None
+) -> Sequence[LayerHistogram]:
+    plan = telemetry_queries.list_layers(session=session, job_id=job.id)
+    return telemetry_queries.list_histograms(
+        session=session, job_id=job.id, layer_indexes=resolve_layers(plan, layer), step=step
+    )
+
+
+def landscape(*, session: Session, job: Job) -> Landscape:
+    found = telemetry_queries.get_landscape(session=session, job_id=job.id)
+    if found is None:
+        raise LandscapeNotAvailable(job.id, job.status)
+    return found

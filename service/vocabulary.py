@@ -1,0 +1,46 @@
+"""The words trainlab uses for its states and kinds: each spelled once, here.
+
+Every other place takes its strings from these ``Literal`` types (the database check
+constraints, the API schemas and so the OpenAPI document, the engine, the CLI; the
+dashboard reads them from ``/openapi.json``). Pure typing: the engine imports it too.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+FINISHED_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(JOB_STATUSES) - FINISHED_STATUSES
+
+# What a tracked layer is. Weight layers carry the gradient-flow story; norm layers
+# (batchnorm, layernorm, groupnorm) sit between them; projection is a residual
+# shortcut's 1x1 map; output is the classifier on top.
+LayerKind = Literal[
+    "linear",
+    "conv1d",
+    "conv2d",
+    "batchnorm",
+    "layernorm",
+    "groupnorm",
+    "projection",
+    "output",
+]
+LAYER_KINDS: tuple[LayerKind, ...] = get_args(LayerKind)
+HIDDEN_WEIGHT_KINDS: frozenset[LayerKind] = frozenset({"linear", "conv1d", "conv2d"})
+NORM_KINDS: frozenset[LayerKind] = frozenset({"batchnorm", "layernorm", "groupnorm"})
+
+# How a layer's activation can saturate: sigmoid near 0 or 1, tanh near ±1, ReLU at
+# exactly 0 ("units at 0", not a bound); "none" for activations without either.
+SaturationKind = Literal["sigmoid", "tanh", "relu", "none"]
+SATURATION_KINDS: tuple[SaturationKind, ...] = get_args(SaturationKind)
+
+# The shape of a dataset's examples: feature vectors, 1-D signals or 2-D images.
+DataLayout = Literal["table", "seq", "image"]
+DATA_LAYOUTS: tuple[DataLayout, ...] = get_args(DataLayout)
+
+
+def sql_in(column: str, values: tuple[str, ...]) -> str:
+    """``column IN ('a', 'b')`` for a check constraint over one of these vocabularies."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
