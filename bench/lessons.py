@@ -1,4 +1,4 @@
-"""Run each lesson of DESIGN.md through the engine and print what the statistics show.
+"""Run each lesson of docs/DESIGN.md through the engine and print what the statistics show.
 
     .venv/bin/python bench/lessons.py              # CPU, 1 thread, ~2 minutes
     .venv/bin/python bench/lessons.py --seeds 3

@@ -1,7 +1,8 @@
-"""The only Celery client on the API side: it sends tasks by name, never importing worker.
+"""The broker contract: task and queue names, the Celery configuration, sending by name.
 
-The broker configuration lives here so that the API and the worker (``worker.celery_app``)
-cannot disagree about where messages go.
+Both sides use it: the API sends the training task by name (it never imports ``worker``
+or torch), and the worker's Celery app (``worker.celery_app``) takes its configuration
+from :func:`broker_config`, so the two cannot disagree about where messages go.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+INITIAL_STATUS: JobStatus = "queued"  # every job starts here, before a worker claims it
 FINISHED_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(JOB_STATUSES) - FINISHED_STATUSES
 

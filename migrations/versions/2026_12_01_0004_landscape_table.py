@@ -39,7 +39,10 @@ DATA_LAYOUTS = ("table", "seq", "image")
 SUMMARY_KEYS = ("dims", "roughness", "sharpness", "local_minima")
 
 job = sa.table(
-    "job", sa.column("id", sa.String), sa.column("result", sa.JSON), sa.column("finished_at")
+    "job",
+    sa.column("id", sa.String),
+    sa.column("result", sa.JSON),
+    sa.column("finished_at", sa.DateTime(timezone=True)),
 )
 landscape = sa.table(
     "landscape",
@@ -62,6 +65,13 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 def _number(value: Any) -> float | None:
     # Stored results spell non-finite numbers as strings ("NaN", "Infinity").
     return float(value) if isinstance(value, int | float | str) else None
+
+
+def _stored_time(moment: datetime | None, dialect: str) -> datetime:
+    """As service.db.base.UTCDateTime stores a time: naive UTC on SQLite, aware elsewhere."""
+    moment = moment or datetime.now(UTC)
+    moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    return moment.replace(tzinfo=None) if dialect == "sqlite" else moment
 
 
 def summary_of(grid: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +113,7 @@ def upgrade() -> None:
                 sharpness=_number(grid.get("sharpness")),
                 local_minima=int(grid.get("local_minima") or 0),
                 examples=int(grid.get("examples") or 0),
-                created_at=finished_at or datetime.now(UTC),
+                created_at=_stored_time(finished_at, connection.dialect.name),
             )
         )
         result = {**result, "landscape": summary_of(grid)}

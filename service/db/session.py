@@ -7,8 +7,6 @@ writes; ``busy_timeout`` makes a writer wait for the lock instead of failing at 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +50,3 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: objects stay readable after the use case commits
     # (the API serialises them after commit; the worker keeps using them).
     return sessionmaker(bind=engine, expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on any exception."""
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
-def upgrade_database(url: str) -> None:
-    """Run ``alembic upgrade head`` on ``url`` (kept here for callers that expect it)."""
-    from service.db.migrate import upgrade_database as _upgrade
-
-    _upgrade(url)

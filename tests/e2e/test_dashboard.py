@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: submit the DESIGN.md example, watch it finish, and see
+"""The dashboard in a real browser: submit the docs/DESIGN.md example, watch it finish, and see
 the vanishing-gradient lesson in the plots and the diagnosis."""
 
 from __future__ import annotations

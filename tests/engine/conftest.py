@@ -1,5 +1,5 @@
 """Engine tests run on one CPU thread: on the shared 2-core machine more threads
-oversubscribe (see DESIGN.md), and saturated sigmoids make slow denormals."""
+oversubscribe (see docs/DESIGN.md), and saturated sigmoids make slow denormals."""
 
 from __future__ import annotations
 

@@ -11,12 +11,14 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from service.vocabulary import LayerKind
 from worker.engine import layer_stats
 from worker.engine.events import STAT_NAMES, LayerInfo, LayerStatsBatch
 from worker.engine.layer_stats import ROW, SaturationKind, TelemetryCollector
@@ -57,9 +59,8 @@ class Tracked:
 def _tracked(index: int, module: nn.Module, act: nn.Module | None, sat: SaturationKind) -> Tracked:
     weight = module.weight
     assert isinstance(weight, torch.Tensor)
-    info = LayerInfo(
-        index, f"l{index}", type(module).__name__.lower(), 0, tuple(weight.shape), None
-    )
+    kind = cast("LayerKind", type(module).__name__.lower())  # linear, conv1d, conv2d
+    info = LayerInfo(index, f"l{index}", kind, 0, tuple(weight.shape), None)
     return Tracked(info, module, act, sat)
 
 

@@ -1,6 +1,6 @@
 """The lessons trainlab exists to teach, reproduced by train() on MNIST-1D in seconds.
 
-Each test asserts what the recorded statistics must show (DESIGN.md's lesson table),
+Each test asserts what the recorded statistics must show (docs/DESIGN.md's lesson table),
 on CPU and over several seeds, with margins wide enough to be seed-robust.
 """
 

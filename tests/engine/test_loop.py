@@ -198,7 +198,7 @@ def _one_sgd_step(l1: float, l2: float) -> None:
     reference = copy.deepcopy(trainer.model)
     xb, yb = data.x_train[:32], data.y_train[:32]
     trainer.step(xb, yb, step=1, epoch=1)
-    # The DESIGN.md definition, through autograd: penalized loss, plain SGD update. This
+    # The docs/DESIGN.md definition, through autograd: penalized loss, plain SGD update. This
     # model has no norm layers, so every weight (and no bias) is penalized.
     ref_weights = [p for n, p in reference.named_parameters() if n.endswith("weight")]
     assert len(ref_weights) == len(trainer.penalized) == 3

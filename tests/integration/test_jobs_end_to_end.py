@@ -199,3 +199,17 @@ def test_sweep_trains_every_grid_point(stack: Stack) -> None:
     ]
     assert all(0.0 <= row["result"]["val_acc"] <= 1.0 for row in rows)
     assert all(isinstance(row["findings"], list) for row in rows)
+
+
+def test_landscape_slice_is_stored_apart_from_the_result(stack: Stack) -> None:
+    spec = copy.deepcopy(EXAMPLE_SPEC)
+    spec["model"]["depth"] = 2
+    spec["train"]["epochs"] = 1
+    spec["telemetry"]["landscape"] = {"points": 5, "max_examples": 64}
+    job = stack.wait_for(_submit(stack, spec)["id"], {"succeeded", "failed"})
+    assert job["status"] == "succeeded", (job["error"], stack.logs())
+    summary = job["result"]["landscape"]
+    assert summary["dims"] == 1 and summary["points"] == 5 and "losses" not in summary
+    grid = stack.client.get(f"/v1/jobs/{job['id']}/landscape").raise_for_status().json()
+    assert len(grid["alphas"]) == len(grid["losses"]) == 5
+    assert grid["roughness"] == summary["roughness"]

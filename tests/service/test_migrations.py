@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from service.db.base import Base
 from service.db.migrate import downgrade_database, upgrade_database
@@ -77,3 +80,73 @@ def test_revision_files_are_dated() -> None:
     names = sorted(p.name for p in versions.glob("*.py"))
     assert names
     assert all(name[:4].isdigit() and name[4] == "_" for name in names), names
+
+
+GRID = {
+    "dims": 1,
+    "alphas": [-1.0, 0.0, 1.0],
+    "losses": [3.0, 1.0, "NaN"],
+    "roughness": 0.5,
+    "sharpness": 0.25,
+    "local_minima": 1,
+    "examples": 64,
+}
+
+
+def _job_results(url: str) -> dict[str, Any]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, result FROM job")).all()
+    finally:
+        engine.dispose()
+    return {job_id: json.loads(r) if isinstance(r, str) else r for job_id, r in rows}
+
+
+def test_landscape_grids_move_to_their_table_and_back(empty_db: str) -> None:
+    upgrade_database(empty_db, "0003")
+    now = datetime.now(UTC)
+    job = {
+        "name": "",
+        "tags": "[]",
+        "status": "succeeded",
+        "spec": "{}",
+        "queue": "cpu",
+        "epoch": 1,
+        "epochs": 1,
+        "step": 1,
+        "total_steps": 1,
+        "created_at": now,
+        "finished_at": now,
+        "cancel_requested": False,
+    }
+    with_grid = json.dumps({"val_acc": 0.5, "landscape": GRID})
+    engine = make_engine(empty_db)
+    insert = text(
+        "INSERT INTO job (id, name, tags, status, spec, queue, epoch, epochs, step, "
+        "total_steps, result, created_at, finished_at, cancel_requested) VALUES (:id, :name, "
+        ":tags, :status, :spec, :queue, :epoch, :epochs, :step, :total_steps, :result, "
+        ":created_at, :finished_at, :cancel_requested)"
+    )
+    with engine.begin() as conn:
+        conn.execute(insert, {**job, "id": "with", "result": with_grid})
+        conn.execute(insert, {**job, "id": "without", "result": json.dumps({"val_acc": 0.1})})
+    upgrade_database(empty_db)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT job_id, dims, losses, examples FROM landscape")).all()
+    assert [(r[0], r[1], r[3]) for r in stored] == [("with", 1, 64)]
+    results = _job_results(empty_db)
+    assert results["with"] == {
+        "val_acc": 0.5,
+        "landscape": {
+            "dims": 1,
+            "points": 3,
+            "roughness": 0.5,
+            "sharpness": 0.25,
+            "local_minima": 1,
+        },
+    }
+    assert results["without"] == {"val_acc": 0.1}
+    downgrade_database(empty_db, "0003")
+    engine.dispose()
+    assert _job_results(empty_db)["with"] == {"val_acc": 0.5, "landscape": GRID}

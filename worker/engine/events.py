@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from service.vocabulary import LayerKind
+
 # Columns of LayerStatsBatch.values, in order. Activation columns are NaN where a layer
 # has no activation or activations are not recorded.
 GRAD_STATS: tuple[str, ...] = (
@@ -41,7 +43,7 @@ class LayerInfo:
 
     index: int
     name: str  # module path, e.g. "hidden.3.linear"
-    kind: str  # linear, conv1d, conv2d, batchnorm, layernorm, ...
+    kind: LayerKind
     params: int
     shape: tuple[int, ...]  # weight shape
     activation: str | None  # activation applied to this layer's output, if any

@@ -11,7 +11,7 @@ Rules the hot path keeps:
   collector flushes. Every sync point carries a "host-device sync point" comment.
 * Statistics always see unscaled gradients (``GradScaler.unscale_`` first), including the
   L1/L2 penalty and after clipping: the gradient the optimizer applies.
-* L1/L2 are the coupled penalties of DESIGN.md, ``(l2/2)·Σw² + l1·Σ|w|`` over the weights
+* L1/L2 are the coupled penalties of docs/DESIGN.md, ``(l2/2)·Σw² + l1·Σ|w|`` over the weights
   of linear/conv/projection/output layers (not biases, not norm parameters). Their
   gradient ``l2·w + l1·sign(w)`` is added straight to ``.grad`` with two foreach ops:
   exactly the gradient autograd would produce for the penalized loss, without building

@@ -31,10 +31,11 @@ import torch
 from torch import nn
 
 from service.specs import Activation, ModelSpec
+from service.vocabulary import LayerKind, SaturationKind
 from worker.engine.dropconnect import DropConnectConv1d, DropConnectConv2d, DropConnectLinear
 from worker.engine.events import LayerInfo
 
-Saturation = Literal["sigmoid", "tanh", "relu", "none"]
+Saturation = SaturationKind
 Arch = Literal["linear", "conv1d", "conv2d"]
 
 _LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default, also used by kaiming/xavier gains
@@ -60,7 +61,7 @@ class _Pending:
     """A tracked layer before the model exists (its module path is not known yet)."""
 
     module: nn.Module
-    kind: str
+    kind: LayerKind
     # Set together: the activation module applied to this layer's output, and its name.
     activation_module: nn.Module | None = None
     activation: Activation | None = None
@@ -160,7 +161,7 @@ class _Factory:
             return DropConnectConv2d(n_in, n_out, p=p, **conv_kw)
         return nn.Conv2d(n_in, n_out, **conv_kw)  # type: ignore[arg-type]
 
-    def norm_layer(self, channels: int) -> tuple[nn.Module, str] | None:
+    def norm_layer(self, channels: int) -> tuple[nn.Module, LayerKind] | None:
         norm = self.spec.norm
         if norm == "none":
             return None

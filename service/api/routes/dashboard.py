@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.staticfiles import StaticFiles
+
+from service import vocabulary
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 STATIC_PREFIX = "/dashboard/static"
@@ -46,7 +48,30 @@ def _to_dashboard() -> RedirectResponse:
     return RedirectResponse("/dashboard")
 
 
+def _vocabulary() -> JSONResponse:
+    """The words the page shows and branches on, as ``service.vocabulary`` spells them."""
+    return JSONResponse(
+        {
+            "job_statuses": list(vocabulary.JOB_STATUSES),
+            "initial_status": vocabulary.INITIAL_STATUS,
+            "active_statuses": [
+                s for s in vocabulary.JOB_STATUSES if s in vocabulary.ACTIVE_STATUSES
+            ],
+            "finished_statuses": [
+                s for s in vocabulary.JOB_STATUSES if s in vocabulary.FINISHED_STATUSES
+            ],
+            "layer_kinds": list(vocabulary.LAYER_KINDS),
+            "norm_kinds": sorted(vocabulary.NORM_KINDS),
+            "weight_kinds": sorted(vocabulary.HIDDEN_WEIGHT_KINDS),
+            "saturation_kinds": list(vocabulary.SATURATION_KINDS),
+            "data_layouts": list(vocabulary.DATA_LAYOUTS),
+        },
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
 router.add_api_route("/dashboard", _serve("index.html"), methods=["GET", "HEAD"])
 router.add_api_route("/dashboard/", _to_dashboard, methods=["GET"])
+router.add_api_route("/dashboard/vocabulary.json", _vocabulary, methods=["GET"])
 for _relative in _static_files():
     router.add_api_route(f"{STATIC_PREFIX}/{_relative}", _serve(_relative), methods=["GET", "HEAD"])

@@ -8,8 +8,11 @@
   const IDLE_POLL_MS = 10000; // job list with nothing active: pick up new submissions
   const RETRY_MS = 4000; // after a network error
   const KEY_STORAGE = "trainlab.apiKey";
-  const ACTIVE = new Set(["queued", "running"]);
-  const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+  // The service's vocabulary (service/vocabulary.py), loaded from /dashboard/vocabulary.json
+  // before the first view: job statuses are spelled once, on the server.
+  let ACTIVE = new Set();
+  let STATUSES = [];
+  let INITIAL_STATUS = null; // where every job starts (before a worker claims it)
   const MAX_POINTS = 300;
   // Input layer dark blue ... output layer orange (plasma-like, readable on white).
   const LAYER_STOPS = [[13, 8, 135], [106, 0, 168], [177, 42, 144], [225, 100, 98], [240, 150, 20]];
@@ -471,8 +474,8 @@
 
   function renderFindings(el, findings, status) {
     if (!findings.length) {
-      const text = ACTIVE.has(status) && status === "queued"
-        ? "No statistics yet: the job is queued."
+      const text = status === INITIAL_STATUS
+        ? `No statistics yet: the job is ${status}.`
         : ACTIVE.has(status) ? "No findings so far." : "No problems found in the stored statistics.";
       el.replaceChildren(h("p", { class: "empty", "data-testid": "no-findings", text }));
       return;
@@ -784,6 +787,15 @@
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(() => currentView && currentView.resize(), 150);
   });
-  window.addEventListener("hashchange", route);
-  route();
+  async function start() {
+    const response = await fetch("/dashboard/vocabulary.json");
+    const vocabulary = await response.json();
+    STATUSES = vocabulary.job_statuses;
+    ACTIVE = new Set(vocabulary.active_statuses);
+    INITIAL_STATUS = vocabulary.initial_status;
+    window.addEventListener("hashchange", route);
+    route();
+  }
+
+  start();
 })();

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -231,12 +232,24 @@ def test_cancel_finished_job_is_409(client: TestClient, session: Session, final:
     assert final in response.json()["detail"]
 
 
-def test_result_with_nan_is_readable(client: TestClient, session: Session) -> None:
+def test_result_with_nan_and_numpy_scalars_is_readable(
+    client: TestClient, session: Session
+) -> None:
     job = _submit(client)
     job_queries.claim_job(session=session, job_id=job["id"], worker="w")
-    result = {"train_loss": float("nan"), "val_loss": float("inf"), "val_acc": 0.1}
+    result = {
+        "train_loss": float("nan"),
+        "val_loss": np.float64("inf"),
+        "val_acc": 0.1,
+        "steps": np.int64(7),
+    }
     job_queries.finish_job(session=session, job_id=job["id"], status="failed", result=result)
     session.commit()
     body = client.get(f"/v1/jobs/{job['id']}").json()
-    assert body["result"] == {"train_loss": "NaN", "val_loss": "Infinity", "val_acc": 0.1}
+    assert body["result"] == {
+        "train_loss": "NaN",
+        "val_loss": "Infinity",
+        "val_acc": 0.1,
+        "steps": 7,
+    }
     assert body["progress"]["fraction"] == 0.0

@@ -1,4 +1,4 @@
-"""The diagnosis rules on synthetic statistics, and GET /v1/jobs/{id}/diagnosis on stored rows."""
+"""The diagnosis rules (service.diagnosis.rules) on synthetic statistics."""
 
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-from sqlalchemy.orm import Session
 
-from service.db.repository import telemetry as telemetry_queries
 from service.diagnosis import rules as d
-from tests.service.conftest import start_running_job
 
 STEPS = 8
 
@@ -384,124 +380,3 @@ def test_layer_stats_from_rows_pivots_and_keeps_missing_as_nan() -> None:
     assert np.isnan(stats.column("grad_norm", 0)[1])
     assert np.isnan(stats.column("update_ratio", 1)[1])
     assert np.isnan(stats.column("act_saturation", 0)).all()
-
-
-# --- repository and API ----------------------------------------------------------------
-
-API_LAYERS = [
-    {
-        "index": i,
-        "name": f"hidden.{i}.linear",
-        "kind": "linear",
-        "params": 272,
-        "shape": [16, 16],
-        "activation": "sigmoid",
-    }
-    for i in range(4)
-] + [
-    {
-        "index": 4,
-        "name": "output",
-        "kind": "output",
-        "params": 170,
-        "shape": [10, 16],
-        "activation": None,
-    }
-]
-
-
-def _running_job(client: TestClient, session: Session) -> str:
-    return start_running_job(client, session, API_LAYERS)
-
-
-def _vanishing_rows(steps: range) -> list[dict[str, Any]]:
-    norms = [1e-9, 1e-6, 1e-3, 0.1, 0.2]
-    return [
-        {
-            "layer_index": layer,
-            "step": step,
-            "epoch": 1,
-            "grad_norm": norm,
-            "update_ratio": 1e-3,
-            "act_saturation": 0.0 if layer < 4 else None,
-            "nan_count": 0.0,
-            "inf_count": 0.0,
-        }
-        for step in steps
-        for layer, norm in enumerate(norms)
-    ]
-
-
-def test_late_layer_stats_are_the_last_half_strided_from_the_last_step(
-    client: TestClient, session: Session
-) -> None:
-    job_id = _running_job(client, session)
-    telemetry_queries.add_layer_stats(
-        session=session, job_id=job_id, rows=_vanishing_rows(range(0, 101))
-    )
-    session.commit()
-    rows = telemetry_queries.list_late_layer_stats(
-        session=session, job_id=job_id, stats=["grad_norm"], max_steps=1000
-    )
-    assert sorted({r.step for r in rows}) == list(range(50, 101))
-    assert len(rows) == 51 * 5
-    strided = telemetry_queries.list_late_layer_stats(
-        session=session, job_id=job_id, stats=["grad_norm"], max_steps=10
-    )
-    steps = sorted({r.step for r in strided})
-    assert steps == list(range(52, 101, 6))  # stride (51 - 1) // 10 + 1, back from 100
-    assert [r.layer_index for r in strided[:5]] == [0, 1, 2, 3, 4]
-
-
-def test_queued_job_has_no_findings(client: TestClient) -> None:
-    job_id = client.post("/v1/jobs", json={"name": "q"}).json()["id"]
-    response = client.get(f"/v1/jobs/{job_id}/diagnosis")
-    assert response.status_code == 200
-    assert response.json() == {"job_id": job_id, "status": "queued", "findings": []}
-
-
-def test_unknown_job_diagnosis_is_404(client: TestClient) -> None:
-    assert client.get("/v1/jobs/nope/diagnosis").status_code == 404
-
-
-def test_running_sigmoid_job_reports_vanishing_gradient(
-    client: TestClient, session: Session
-) -> None:
-    job_id = _running_job(client, session)
-    telemetry_queries.add_layer_stats(
-        session=session, job_id=job_id, rows=_vanishing_rows(range(10, 110, 10))
-    )
-    telemetry_queries.add_epoch_metric(
-        session=session,
-        job_id=job_id,
-        metric={"epoch": 1, "train_loss": 2.3, "train_acc": 0.1, "val_loss": 2.3, "val_acc": 0.1},
-    )
-    session.commit()
-    body = client.get(f"/v1/jobs/{job_id}/diagnosis").json()
-    assert body["job_id"] == job_id and body["status"] == "running"
-    assert [f["code"] for f in body["findings"]] == ["vanishing_gradient"]
-    finding = body["findings"][0]
-    assert finding["severity"] == "critical"
-    assert finding["layers"] == [0, 1]
-    assert finding["evidence"]["ratio"] == pytest.approx(1e-8)
-    assert finding["evidence"]["depth"] == 4
-    assert set(finding) == {"code", "severity", "layers", "summary", "evidence", "remedy"}
-    assert "kaiming" in finding["remedy"]
-
-
-def test_nan_gradients_report_divergence(client: TestClient, session: Session) -> None:
-    job_id = _running_job(client, session)
-    rows = _vanishing_rows(range(10, 50, 10))
-    for row in rows:
-        if row["step"] >= 30:
-            row.update(grad_norm=math.nan, nan_count=12.0)
-    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
-    telemetry_queries.add_epoch_metric(
-        session=session, job_id=job_id, metric={"epoch": 1, "train_loss": math.nan}
-    )
-    session.commit()
-    response = client.get(f"/v1/jobs/{job_id}/diagnosis")
-    assert response.status_code == 200, response.text
-    finding = response.json()["findings"][0]
-    assert finding["code"] == "divergence"
-    assert finding["evidence"] == {"first_nonfinite_step": 30, "first_nonfinite_epoch": 1}

@@ -153,6 +153,24 @@ def test_gradients_filter_layers_by_index_or_name_and_stats(
     }
 
 
+@pytest.mark.parametrize(
+    "n_steps,max_points,expected", [(1001, 500, 335), (2400, 300, 268), (1000, 500, 334)]
+)
+def test_downsampled_series_have_the_same_length_on_every_backend(
+    client: TestClient, session: Session, n_steps: int, max_points: int, expected: int
+) -> None:
+    # stride s = ceil((n-1)/(m-1)) keeps rows 1, 1+s, 1+2s, ... and the last one. On
+    # PostgreSQL a stride computed with `/` was fractional and kept 2 points.
+    job_id = _running_job(client, session)
+    telemetry_queries.add_layer_stats(
+        session=session, job_id=job_id, rows=_stat_rows(range(n_steps))
+    )
+    session.commit()
+    url = f"/v1/jobs/{job_id}/gradients?stat=grad_norm&max_points={max_points}"
+    lengths = {len(series["points"]) for series in client.get(url).json()["series"]}
+    assert lengths == {expected}
+
+
 @pytest.mark.parametrize("n_steps,max_points", [(1000, 500), (1001, 7), (10, 2), (11, 4), (5, 500)])
 def test_gradients_downsampled_keeping_first_and_last(
     client: TestClient, session: Session, n_steps: int, max_points: int
