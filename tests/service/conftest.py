@@ -29,6 +29,7 @@ from service.db.migrate import upgrade_database
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.db.session import make_engine, make_session_factory
+from service.specs import ExperimentSpec
 
 PG_HOST = os.environ.get("TRAINLAB_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TRAINLAB_TEST_PG_PORT", "5432"))
@@ -143,6 +144,15 @@ def client(settings: Settings) -> Iterator[TestClient]:
 @pytest.fixture
 def queue_dir(settings: Settings) -> Path:
     return settings.broker_folder / "queue"
+
+
+def stored_job(session: Session, **spec: object) -> str:
+    """A queued job stored straight through the repository (no API, no broker)."""
+    job = job_queries.create_job(
+        session=session, spec=ExperimentSpec.model_validate(spec), queue="cpu"
+    )
+    session.commit()
+    return job.id
 
 
 def start_running_job(

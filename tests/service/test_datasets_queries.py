@@ -5,16 +5,6 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from service.db.repository import datasets as dataset_queries
-from service.db.repository import jobs as job_queries
-from service.specs import ExperimentSpec
-
-
-def _job(session: Session, **spec: object) -> str:
-    job = job_queries.create_job(
-        session=session, spec=ExperimentSpec.model_validate(spec), queue="cpu"
-    )
-    session.commit()
-    return job.id
 
 
 def test_dataset_content_roundtrip(session: Session) -> None:

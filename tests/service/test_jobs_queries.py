@@ -10,19 +10,11 @@ from sqlalchemy.orm import Session
 
 from service.db.models import Job, JobTag
 from service.db.repository import jobs as job_queries
-from service.specs import ExperimentSpec
-
-
-def _job(session: Session, **spec: object) -> str:
-    job = job_queries.create_job(
-        session=session, spec=ExperimentSpec.model_validate(spec), queue="cpu"
-    )
-    session.commit()
-    return job.id
+from tests.service.conftest import stored_job
 
 
 def test_create_job_stores_spec_tags_and_defaults(session: Session) -> None:
-    job_id = _job(session, name="n", tags=["a", "b", "a"], train={"epochs": 3})
+    job_id = stored_job(session, name="n", tags=["a", "b", "a"], train={"epochs": 3})
     job = job_queries.get_job(session=session, job_id=job_id)
     assert job is not None
     assert (job.status, job.epochs, job.step, job.cancel_requested) == ("queued", 3, 0, False)
@@ -33,7 +25,7 @@ def test_create_job_stores_spec_tags_and_defaults(session: Session) -> None:
 
 
 def test_claim_is_atomic_and_only_from_queued(session: Session) -> None:
-    job_id = _job(session)
+    job_id = stored_job(session)
     claimed = job_queries.claim_job(session=session, job_id=job_id, worker="w1")
     assert claimed is not None
     assert (claimed.status, claimed.worker) == ("running", "w1")
@@ -44,7 +36,7 @@ def test_claim_is_atomic_and_only_from_queued(session: Session) -> None:
 
 
 def test_finish_keeps_the_first_outcome(session: Session) -> None:
-    job_id = _job(session)
+    job_id = stored_job(session)
     job_queries.claim_job(session=session, job_id=job_id, worker="w")
     job_queries.finish_job(session=session, job_id=job_id, status="succeeded", result={"a": 1})
     job_queries.finish_job(session=session, job_id=job_id, status="failed", error="late")
@@ -58,7 +50,7 @@ def test_finish_keeps_the_first_outcome(session: Session) -> None:
 
 
 def test_cancel_flags(session: Session) -> None:
-    queued, running = _job(session), _job(session)
+    queued, running = stored_job(session), stored_job(session)
     job_queries.claim_job(session=session, job_id=running, worker="w")
     assert job_queries.cancel_queued_job(session=session, job_id=queued)
     assert not job_queries.cancel_queued_job(session=session, job_id=running)
@@ -76,7 +68,7 @@ def test_cancel_flags(session: Session) -> None:
 
 
 def test_stale_running_jobs_fail_and_live_ones_stay(session: Session) -> None:
-    stale_id, live_id, queued_id = _job(session), _job(session), _job(session)
+    stale_id, live_id, queued_id = stored_job(session), stored_job(session), stored_job(session)
     for job_id in (stale_id, live_id):
         job_queries.claim_job(session=session, job_id=job_id, worker="w")
     session.commit()
@@ -100,7 +92,7 @@ def test_stale_running_jobs_fail_and_live_ones_stay(session: Session) -> None:
 
 
 def test_heartbeat_is_stamped_only_while_running(session: Session) -> None:
-    job_id = _job(session)
+    job_id = stored_job(session)
     assert not job_queries.record_heartbeat(session=session, job_id=job_id)
     session.commit()
     job = job_queries.get_job(session=session, job_id=job_id)

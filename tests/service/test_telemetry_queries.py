@@ -9,19 +9,11 @@ from sqlalchemy.orm import Session
 from service.db.models import Job, JobTag, Layer, LayerStat
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
-from service.specs import ExperimentSpec
-
-
-def _job(session: Session, **spec: object) -> str:
-    job = job_queries.create_job(
-        session=session, spec=ExperimentSpec.model_validate(spec), queue="cpu"
-    )
-    session.commit()
-    return job.id
+from tests.service.conftest import stored_job
 
 
 def test_save_run_plan_can_be_repeated(session: Session) -> None:
-    job_id = _job(session)
+    job_id = stored_job(session)
     layer = {
         "index": 0,
         "name": "l",
@@ -42,7 +34,7 @@ def test_save_run_plan_can_be_repeated(session: Session) -> None:
 
 def test_layer_stats_accept_numpy_scalars_and_missing_stats(session: Session) -> None:
     np = pytest.importorskip("numpy")
-    job_id = _job(session)
+    job_id = stored_job(session)
     rows = [
         {
             "layer_index": np.int64(1),
@@ -60,7 +52,7 @@ def test_layer_stats_accept_numpy_scalars_and_missing_stats(session: Session) ->
 
 
 def test_deleting_a_job_cascades_to_its_rows(session: Session) -> None:
-    job_id = _job(session, tags=["t"])
+    job_id = stored_job(session, tags=["t"])
     layer = {
         "index": 0,
         "name": "l",
