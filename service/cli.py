@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +15,9 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+import uvicorn
+
+from service.stack import API_GRACE_S, WORKER_GRACE_S, Supervisor, die_with_parent
 
 app = typer.Typer(help="trainlab: train deep nets and see why they fail.", no_args_is_help=True)
 
@@ -82,8 +83,13 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     pool: Annotated[str, typer.Option(help="prefork, or solo (one process per GPU).")] = "prefork",
     loglevel: str = "INFO",
+    parent_pid: Annotated[
+        int | None, typer.Option(hidden=True, help="Die with this process (`trainlab up`).")
+    ] = None,
 ) -> None:
     """Join the cluster as a Celery worker (GPU nodes: --queues gpu --pool solo)."""
+    if parent_pid is not None and not die_with_parent(parent_pid):
+        raise typer.Exit(1)
     _set_data_dir(data_dir)
     os.environ.setdefault("TRAINLAB_WORKER_CONCURRENCY", str(concurrency))
     command = _worker_command(queues, concurrency, pool, loglevel)
@@ -98,8 +104,14 @@ def up(
         Path, typer.Option(help="Folder for the SQLite database, broker and caches.")
     ] = Path(".trainlab"),
     queues: Annotated[str, typer.Option(help="Queues the embedded worker consumes.")] = "cpu,gpu",
+    worker_grace: Annotated[
+        float, typer.Option(help="Seconds a stopping worker gets to finish its job, then killed.")
+    ] = WORKER_GRACE_S,
 ) -> None:
-    """Run the API and one real Celery worker process: no servers to install."""
+    """Run the API and one real Celery worker process: no servers to install.
+
+    SIGINT (Ctrl-C) and SIGTERM both stop the API and the worker.
+    """
     _set_data_dir(data_dir)
     from service.config import get_settings
 
@@ -109,19 +121,25 @@ def up(
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
         os.environ["TRAINLAB_TORCH_THREADS"] = str(max(1, cpus - 1))
     migrate(data_dir=None)
-    worker_process = subprocess.Popen(_worker_command(queues, 1, "prefork", "INFO"))
-    typer.echo(f"worker started (pid {worker_process.pid}); API on http://{host}:{port}/docs")
-    try:
-        import uvicorn
-
-        uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port)
-    finally:
-        worker_process.send_signal(signal.SIGTERM)
-        try:
-            worker_process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker_process.kill()
-        typer.echo(f"stopped; data kept in {settings.data_dir}")
+    # Through `trainlab worker`, which ties the worker's life to this process's.
+    worker_command = [sys.executable, "-m", "service.cli", "worker", "--queues", queues]
+    worker_command += ["--parent-pid", str(os.getpid())]
+    server_config = uvicorn.Config(
+        "service.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        # Open event streams (the dashboard's) must not hold a stop up forever.
+        timeout_graceful_shutdown=API_GRACE_S,
+    )
+    supervisor = Supervisor(
+        server_config=server_config, worker_command=worker_command, worker_grace_s=worker_grace
+    )
+    base = f"http://{host}:{port}"
+    typer.echo(f"API docs on {base}/docs, dashboard on {base}/dashboard")
+    code = supervisor.run()
+    typer.echo(f"stopped; data kept in {settings.data_dir}")
+    raise typer.Exit(code)
 
 
 def _client(url: str) -> httpx.Client:

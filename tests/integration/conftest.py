@@ -145,25 +145,32 @@ def _share_cache(data_dir: Path, cache: Path) -> None:
     (data_dir / "cache").symlink_to(cache, target_is_directory=True)
 
 
+def start_up(root: Path, cache: Path, *options: str) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """Start ``trainlab up`` with its data and logs under ``root``: (process, URL, log dir).
+
+    The caller waits for it (``_wait_ready``) and stops it.
+    """
+    data_dir, log_dir = root / "data", root / "logs"
+    log_dir.mkdir()
+    _share_cache(data_dir, cache)
+    port = _free_port()
+    command = [TRAINLAB, "up", "--port", str(port), "--data-dir", str(data_dir), *options]
+    process = _start(command, _base_env(data_dir), log_dir / "up.log")
+    return process, f"http://127.0.0.1:{port}", log_dir
+
+
 @pytest.fixture(scope="session")
 def embedded_stack(
     tmp_path_factory: pytest.TempPathFactory, mnist1d_cache: Path
 ) -> Iterator[Stack]:
     """Exactly what the README's run command starts: ``trainlab up``."""
-    root = tmp_path_factory.mktemp("embedded")
-    data_dir, log_dir = root / "data", root / "logs"
-    log_dir.mkdir()
-    _share_cache(data_dir, mnist1d_cache)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [TRAINLAB, "up", "--port", str(port), "--data-dir", str(data_dir)]
-    process = _start(command, _base_env(data_dir), log_dir / "up.log")
+    process, url, log_dir = start_up(tmp_path_factory.mktemp("embedded"), mnist1d_cache)
     try:
         _wait_ready(url, [process], log_dir)
         with httpx.Client(base_url=url, timeout=30) as client:
             yield Stack(url=url, client=client, log_dir=log_dir, root_pid=process.pid)
     finally:
-        # SIGINT is what a person's Ctrl-C sends: uvicorn then stops the worker too.
+        # SIGINT is what a person's Ctrl-C sends: `trainlab up` stops its worker too.
         process.send_signal(2)
         try:
             process.wait(timeout=40)
