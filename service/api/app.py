@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import jobs
 from service.api.deps import require_api_key
-from service.api.routes import dashboard, datasets, diagnosis, health, telemetry
+from service.api.routes import dashboard, datasets, diagnosis, docs, health, telemetry
 from service.api.routes import jobs as job_routes
 from service.api.routes import sweeps as sweep_routes
 from service.api.schemas.common import error_responses
@@ -215,6 +215,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Train PyTorch models as jobs and read their per-layer gradient statistics.",
         description="Plots of every job, its statistics and diagnosis: [/dashboard](/dashboard).",
         lifespan=lifespan,
+        # Served by routes/docs.py from packaged files: FastAPI's own load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.session_factory = make_session_factory(engine)
@@ -227,6 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(_v1_router())
     app.include_router(health.router)
     app.include_router(dashboard.router)
+    app.include_router(docs.router)
     app.add_api_route("/", _to_docs, include_in_schema=False)
     app.add_middleware(
         BodyLimitMiddleware,

@@ -1,0 +1,88 @@
+"""/docs and /redoc work on a closed network: every script and style comes from this app."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from tests.service.conftest import make_settings
+
+CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+# What each asset must contain: the page calls these globals once the script has loaded.
+SIGNATURES = {"swagger-ui-bundle.js": b"SwaggerUIBundle", "redoc.standalone.js": b"Redoc"}
+
+
+class _AssetLinks(HTMLParser):
+    """The URLs a page makes the browser fetch: scripts, stylesheets, icons."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        url = found.get("src") if tag == "script" else found.get("href") if tag == "link" else None
+        if url:
+            self.urls.append(url)
+
+
+def _asset_urls(html: str) -> list[str]:
+    parser = _AssetLinks()
+    parser.feed(html)
+    return parser.urls
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_page_references_no_external_host(client: TestClient, page: str) -> None:
+    response = client.get(page)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    # No CDN, no Google fonts: nothing the page loads may leave this host.
+    assert "http://" not in response.text and "https://" not in response.text
+    urls = _asset_urls(response.text)
+    assert any(url.endswith(".js") for url in urls), urls
+    assert all(url.startswith("/") and not url.startswith("//") for url in urls), urls
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_every_asset_of_a_docs_page_loads_with_its_content_type(
+    client: TestClient, page: str
+) -> None:
+    for url in _asset_urls(client.get(page).text):
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert CONTENT_TYPES[Path(url).suffix] in response.headers["content-type"], url
+        assert SIGNATURES.get(Path(url).name, b"") in response.content, url
+        assert response.headers["cache-control"] == "no-cache"
+
+
+def test_swagger_ui_reads_the_openapi_schema_and_has_its_oauth2_redirect(
+    client: TestClient,
+) -> None:
+    html = client.get("/docs").text
+    assert "url: '/openapi.json'" in html
+    assert client.get("/openapi.json").json()["paths"]["/v1/jobs"]
+    assert "oauth2RedirectUrl: window.location.origin + '/docs/oauth2-redirect'" in html
+    redirect = client.get("/docs/oauth2-redirect")
+    assert redirect.status_code == 200 and "oauth2" in redirect.text
+
+
+def test_docs_urls_carry_the_root_path_behind_a_proxy(tmp_path: Path, db_url: str) -> None:
+    app = create_app(make_settings(tmp_path, db_url))
+    with TestClient(app, root_path="/trainlab") as client:
+        urls = _asset_urls(client.get("/docs").text)
+    assert urls and all(url.startswith("/trainlab/docs/static/") for url in urls), urls
+
+
+def test_docs_and_their_assets_need_no_api_key(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(tmp_path, db_url, api_keys=["k1"])
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/jobs").status_code == 401
+        for page in ("/docs", "/redoc"):
+            assert client.get(page).status_code == 200
+            for url in _asset_urls(client.get(page).text):
+                assert client.get(url).status_code == 200, url
