@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +28,21 @@ BUILTIN_LAYOUT: dict[str, DataLayout] = {
     "moons": "table",
     "circles": "table",
     "blobs": "table",
+}
+
+
+class SplitSizes(NamedTuple):
+    train: int
+    val: int
+
+
+# Examples in the fixed splits of the built-in datasets that have them (mnist1d's official
+# split; digits' 1797 images split 80/20): train_size and val_size draw subsets of these.
+# worker/engine/data.py makes the splits and a test holds it to this table. Synthetic
+# datasets have no fixed split: they are generated at the size asked for.
+FIXED_SPLITS: dict[str, SplitSizes] = {
+    "mnist1d": SplitSizes(train=4000, val=1000),
+    "digits": SplitSizes(train=1437, val=360),
 }
 UPLOADED_DATASET_ID = re.compile(r"^ds_[0-9a-f]{12}$")
 DATASET_PATTERN = rf"^({'|'.join(BUILTIN_DATASETS)}|ds_[0-9a-f]{{12}})$"
@@ -313,4 +328,26 @@ def check_spec(
         issues.append(
             SpecIssue(("data", "noise"), "noise level applies to synthetic datasets only")
         )
+    issues.extend(_split_size_issues(data))
+    return issues
+
+
+def _split_size_issues(data: DataSpec) -> list[SpecIssue]:
+    """A subset larger than its fixed split would only fail later, in the worker."""
+    split = FIXED_SPLITS.get(data.dataset)
+    if split is None:
+        return []
+    issues: list[SpecIssue] = []
+    for field, asked, available, part in (
+        ("train_size", data.train_size, split.train, "training"),
+        ("val_size", data.val_size, split.val, "validation"),
+    ):
+        if asked is not None and asked > available:
+            issues.append(
+                SpecIssue(
+                    ("data", field),
+                    f"{data.dataset!r} has {available} {part} examples: ask for at most "
+                    f"{available}, or null for all of them (got {asked})",
+                )
+            )
     return issues

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.specs import DataSpec
+from service.specs import BUILTIN_DATASETS, FIXED_SPLITS, SYNTHETIC_DATASETS, DataSpec
 from worker.engine.data import (
     TensorData,
     iterate_batches,
@@ -249,3 +249,16 @@ def test_batches_follow_the_generator() -> None:
 @pytest.mark.parametrize(("n", "batch", "steps"), [(10, 4, 3), (8, 4, 2), (1, 128, 1), (0, 4, 0)])
 def test_steps_per_epoch_rounds_up(n: int, batch: int, steps: int) -> None:
     assert steps_per_epoch(n, batch) == steps
+
+
+# --- the spec's table of split sizes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dataset", sorted(FIXED_SPLITS))
+def test_fixed_splits_have_the_sizes_that_specs_checks(dataset: str, mnist1d_cache: Path) -> None:
+    data = load_dataset(DataSpec(dataset=dataset), seed=0, cache_dir=mnist1d_cache)
+    assert (len(data.y_train), len(data.y_val)) == FIXED_SPLITS[dataset]
+
+
+def test_every_built_in_dataset_has_a_fixed_split_or_is_generated_at_any_size() -> None:
+    assert set(BUILTIN_DATASETS) - set(FIXED_SPLITS) == SYNTHETIC_DATASETS

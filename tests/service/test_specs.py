@@ -105,3 +105,29 @@ def test_infinite_number_is_a_422_at_its_field(client: TestClient) -> None:
     assert error["loc"] == ["body", "train", "grad_clip"]
     assert error["input"] == "Infinity"  # the one spelling of service.kit.jsonnum
     assert "finite" in error["msg"]
+
+
+def test_val_size_beyond_a_fixed_split_is_422_naming_what_there_is(client: TestClient) -> None:
+    response = client.post("/v1/jobs", json={"data": {"dataset": "digits", "val_size": 1000}})
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["body", "data", "val_size"]
+    assert "360 validation examples" in detail["msg"]
+    assert detail["input"] == 1000
+
+
+def test_train_size_beyond_a_fixed_split_is_422_at_train_size(client: TestClient) -> None:
+    body = {"data": {"dataset": "mnist1d", "train_size": 4001, "val_size": 1001}}
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert _locs(response) == [["body", "data", "train_size"], ["body", "data", "val_size"]]
+    assert "4000 training examples" in response.json()["detail"][0]["msg"]
+
+
+def test_whole_fixed_splits_and_any_synthetic_size_are_accepted(client: TestClient) -> None:
+    for data in (
+        {"dataset": "digits", "train_size": 1437, "val_size": 360},
+        {"dataset": "mnist1d", "train_size": 4000, "val_size": 1000},
+        {"dataset": "spirals", "train_size": 5000, "val_size": 5000},
+    ):
+        assert client.post("/v1/jobs", json={"data": data}).status_code == 201, data
