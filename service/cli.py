@@ -105,7 +105,8 @@ def up(
     ] = Path(".trainlab"),
     queues: Annotated[str, typer.Option(help="Queues the embedded worker consumes.")] = "cpu,gpu",
     worker_grace: Annotated[
-        float, typer.Option(help="Seconds a stopping worker gets to finish its job, then killed.")
+        float,
+        typer.Option(min=0, help="Seconds a stopping worker gets to finish its job, then killed."),
     ] = WORKER_GRACE_S,
 ) -> None:
     """Run the API and one real Celery worker process: no servers to install.

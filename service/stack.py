@@ -92,7 +92,7 @@ class Supervisor:
         self._signal_worker(signal.SIGTERM)
         while api.is_alive() or self._worker_running():
             if time.monotonic() >= deadline or self._next_signal(0.1) is not None:
-                logger.warning("stack did not stop in time: killing the worker")
+                logger.warning("grace over or a second stop signal: killing the worker")
                 self.server.force_exit = True
                 break
         self._kill_worker_group()
