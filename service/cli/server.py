@@ -1,28 +1,20 @@
-"""The ``trainlab`` command: run the service, a worker, migrations, and talk to the API.
+"""Server commands: ``trainlab up``, ``trainlab worker``, ``trainlab migrate``.
 
-The server commands never import ``worker`` or torch here: a worker is started as its own
-``celery`` process, so this process (the API) does not compete for torch's threads.
+They never import ``worker`` or torch here: a worker is started as its own ``celery``
+process, so this process (the API) does not compete for torch's threads.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import httpx
 import typer
 import uvicorn
 
 from service.stack import API_GRACE_S, WORKER_GRACE_S, Supervisor, die_with_parent
-
-app = typer.Typer(help="trainlab: train deep nets and see why they fail.", no_args_is_help=True)
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 HostOpt = Annotated[str, typer.Option(help="Interface the API listens on.")]
 PortOpt = Annotated[int, typer.Option(help="Port the API listens on.")]
@@ -30,7 +22,6 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option(help="Embedded mode's folder (SQLite, broker, caches). [env TRAINLAB_DATA_DIR]"),
 ]
-UrlOpt = Annotated[str, typer.Option(envvar="TRAINLAB_URL", help="The API's base URL.")]
 
 
 def _set_data_dir(data_dir: Path | None) -> None:
@@ -64,7 +55,6 @@ def _worker_command(queues: str, concurrency: int, pool: str, loglevel: str) -> 
     ]
 
 
-@app.command()
 def migrate(data_dir: DataDirOpt = None) -> None:
     """Bring the database schema up to date (Alembic upgrade head)."""
     _set_data_dir(data_dir)
@@ -76,7 +66,6 @@ def migrate(data_dir: DataDirOpt = None) -> None:
     typer.echo(f"database at head: {url.split('@')[-1]}")
 
 
-@app.command()
 def worker(
     data_dir: DataDirOpt = None,
     queues: Annotated[str, typer.Option(help="Queues to consume: cpu, gpu or both.")] = "cpu",
@@ -96,7 +85,6 @@ def worker(
     os.execv(command[0], command)
 
 
-@app.command()
 def up(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
@@ -141,79 +129,3 @@ def up(
     code = supervisor.run()
     typer.echo(f"stopped; data kept in {settings.data_dir}")
     raise typer.Exit(code)
-
-
-def _client(url: str) -> httpx.Client:
-    headers = {"X-API-Key": key} if (key := os.environ.get("TRAINLAB_API_KEY")) else {}
-    return httpx.Client(base_url=url, headers=headers, timeout=30)
-
-
-def _check(response: httpx.Response) -> Any:
-    if response.is_error:
-        typer.echo(f"error {response.status_code}: {response.text}", err=True)
-        raise typer.Exit(1)
-    return response.json()
-
-
-def _progress_line(job: dict[str, Any]) -> str:
-    progress = job.get("progress") or {}
-    result = job.get("result") or {}
-    fraction = progress.get("fraction") or 0.0
-    line = f"{job['id']}  {job['status']:<9}  {fraction:6.1%}  epoch {progress.get('epoch', 0)}"
-    if "val_acc" in result:
-        line += f"  val_acc {result['val_acc']:.3f}"
-    return line
-
-
-@app.command()
-def submit(
-    spec_file: Annotated[Path, typer.Argument(help="An ExperimentSpec as JSON ('-' for stdin).")],
-    url: UrlOpt = DEFAULT_URL,
-    wait: Annotated[bool, typer.Option(help="Poll until the job finishes.")] = False,
-) -> None:
-    """Submit an experiment and print the job id."""
-    text = sys.stdin.read() if str(spec_file) == "-" else spec_file.read_text()
-    with _client(url) as client:
-        job = _check(client.post("/v1/jobs", json=json.loads(text)))
-        typer.echo(job["id"])
-        while wait and job["status"] not in TERMINAL:
-            time.sleep(1.0)
-            job = _check(client.get(f"/v1/jobs/{job['id']}"))
-            typer.echo(_progress_line(job), err=True)
-    if wait and job["status"] != "succeeded":
-        typer.echo(job.get("error") or job["status"], err=True)
-        raise typer.Exit(1)
-
-
-@app.command()
-def status(job_id: str, url: UrlOpt = DEFAULT_URL) -> None:
-    """Show a job as JSON."""
-    with _client(url) as client:
-        typer.echo(json.dumps(_check(client.get(f"/v1/jobs/{job_id}")), indent=2))
-
-
-@app.command()
-def jobs(
-    url: UrlOpt = DEFAULT_URL,
-    limit: int = 20,
-    status_filter: Annotated[str | None, typer.Option("--status")] = None,
-) -> None:
-    """List recent jobs, one line each."""
-    params: dict[str, Any] = {"limit": limit}
-    if status_filter:
-        params["status"] = status_filter
-    with _client(url) as client:
-        page = _check(client.get("/v1/jobs", params=params))
-    for job in page["items"]:
-        typer.echo(_progress_line(job))
-
-
-@app.command()
-def cancel(job_id: str, url: UrlOpt = DEFAULT_URL) -> None:
-    """Cancel a queued or running job."""
-    with _client(url) as client:
-        typer.echo(_progress_line(_check(client.post(f"/v1/jobs/{job_id}/cancel"))))
-
-
-if __name__ == "__main__":
-    app()
