@@ -76,6 +76,23 @@ class Settings(BaseSettings):
         gt=0,
         description="A running job without a heartbeat for this long is failed as lost.",
     )
+    events_poll_interval_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Seconds between the database reads of an open event stream "
+        "(GET /v1/jobs/{id}/events): the latency of live updates.",
+    )
+    events_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="Seconds of silence after which an event stream sends a keep-alive "
+        "comment, so proxies do not close it.",
+    )
+    log_json: bool = Field(
+        False, description="Worker logs as one JSON object per line instead of text."
+    )
     telemetry_flush_steps: int = Field(
         32, ge=1, description="Telemetry steps buffered on the device before one host copy."
     )

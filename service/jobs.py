@@ -155,6 +155,15 @@ def cancel_job(*, session: Session, job: Job) -> Job:
     return job
 
 
+def progress_fraction(job: Job) -> float:
+    """How far a job got, in [0, 1]; a succeeded job is at 1 even if it stopped early."""
+    if job.status == "succeeded":
+        return 1.0  # also when early stopping ended it before total_steps
+    if job.total_steps:
+        return min(1.0, job.step / job.total_steps)
+    return 0.0
+
+
 def job_counts(*, session: Session) -> Mapping[JobStatus, int]:
     return job_queries.count_jobs_by_status(session=session)
 

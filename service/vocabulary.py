@@ -45,3 +45,12 @@ DATA_LAYOUTS: tuple[DataLayout, ...] = get_args(DataLayout)
 def sql_in(column: str, values: tuple[str, ...]) -> str:
     """``column IN ('a', 'b')`` for a check constraint over one of these vocabularies."""
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+# Plots the API draws as images, and their formats.
+JobPlotName = Literal["loss", "gradient-flow", "activations", "update-ratio", "landscape"]
+JOB_PLOT_NAMES: tuple[JobPlotName, ...] = get_args(JobPlotName)
+SweepPlotName = Literal["loss", "accuracy", "gradient-flow"]
+SWEEP_PLOT_NAMES: tuple[SweepPlotName, ...] = get_args(SweepPlotName)
+ImageFormat = Literal["png", "svg"]
+IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)

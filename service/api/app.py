@@ -15,7 +15,17 @@ from prometheus_client import CollectorRegistry
 from service.api.deps import require_api_key
 from service.api.metrics import JobCountCollector
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.api.routes import dashboard, datasets, diagnosis, docs, health, telemetry
+from service.api.routes import (
+    compare,
+    dashboard,
+    datasets,
+    diagnosis,
+    docs,
+    events,
+    health,
+    plots,
+    telemetry,
+)
 from service.api.routes import jobs as job_routes
 from service.api.routes import sweeps as sweep_routes
 from service.api.schemas.common import error_responses
@@ -52,6 +62,9 @@ def _v1_router() -> APIRouter:
     router.include_router(diagnosis.router)
     router.include_router(datasets.router)
     router.include_router(sweep_routes.router)
+    router.include_router(plots.router)
+    router.include_router(events.router)
+    router.include_router(compare.router)
     return router
 
 
@@ -86,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(dashboard.router)
     app.include_router(docs.router)
-    app.add_api_route("/", _to_docs, include_in_schema=False)
+    app.add_api_route("/", _to_dashboard, include_in_schema=False)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body=settings.max_body_bytes,
@@ -96,5 +109,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _to_docs() -> RedirectResponse:
-    return RedirectResponse("/docs")
+def _to_dashboard() -> RedirectResponse:
+    return RedirectResponse("/dashboard")

@@ -28,8 +28,15 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    """For responses that outlive the request (event streams): short sessions of their own."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 
 def get_job(

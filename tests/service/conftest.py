@@ -30,6 +30,7 @@ from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.db.session import make_engine, make_session_factory
 from service.specs import ExperimentSpec
+from service.vocabulary import JobStatus
 
 PG_HOST = os.environ.get("TRAINLAB_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TRAINLAB_TEST_PG_PORT", "5432"))
@@ -164,5 +165,83 @@ def start_running_job(
     telemetry_queries.save_run_plan(
         session=session, job_id=job_id, layers=layers, total_steps=100, epochs=2, device="cpu"
     )
+    session.commit()
+    return job_id
+
+
+def mlp_layers(depth: int, activation: str = "sigmoid", classes: int = 10) -> list[dict[str, Any]]:
+    """The layer table of a ``depth``-hidden-layer MLP on 40 inputs, as the engine plans it."""
+    hidden = [
+        {
+            "index": i,
+            "name": f"hidden.{i}.linear",
+            "kind": "linear",
+            "params": 16 * 17,
+            "shape": [16, 40 if i == 0 else 16],
+            "activation": activation,
+        }
+        for i in range(depth)
+    ]
+    head = {
+        "index": depth,
+        "name": "output",
+        "kind": "output",
+        "params": classes * 17,
+        "shape": [classes, 16],
+        "activation": None,
+    }
+    return [*hidden, head]
+
+
+def recorded_job(
+    client: TestClient,
+    session: Session,
+    *,
+    depth: int = 4,
+    vanishing: bool = True,
+    epochs: int = 3,
+    steps: int = 40,
+    status: JobStatus | None = "succeeded",
+) -> str:
+    """A job with what a worker records: its layers, per-layer statistics every 10 steps
+    and epoch metrics. ``vanishing``: the gradient norm falls 1000x per layer towards the
+    input (the sigmoid lesson), else every layer gets about the same norm. ``status`` None
+    leaves it running."""
+    job_id = start_running_job(client, session, mlp_layers(depth))
+    rows = [
+        {
+            "layer_index": layer,
+            "step": step,
+            "epoch": 1 + step * epochs // (steps + 1),
+            "grad_norm": (1e-3 ** (depth - layer) if vanishing else 0.1) * (1 + step / 100),
+            "update_ratio": 1e-3 / (1 + layer),
+            "act_saturation": 0.9 if vanishing else 0.2,
+            "act_std": 0.05 if vanishing else 0.5,
+            "weight_norm": 3.0,
+            "nan_count": 0.0,
+            "inf_count": 0.0,
+        }
+        for layer in range(depth + 1)
+        for step in range(0, steps + 1, 10)
+    ]
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
+    for epoch in range(1, epochs + 1):
+        telemetry_queries.add_epoch_metric(
+            session=session,
+            job_id=job_id,
+            metric={
+                "epoch": epoch,
+                "train_loss": 2.3 - 0.3 * epoch,
+                "val_loss": 2.3 - 0.1 * epoch,
+                "train_acc": 0.1 + 0.1 * epoch,
+                "val_acc": 0.1 + 0.05 * epoch,
+                "lr": 0.05,
+                "seconds": 0.5,
+            },
+        )
+    job_queries.update_progress(session=session, job_id=job_id, epoch=epochs, step=steps)
+    if status is not None:
+        result = {"train_loss": 2.3 - 0.3 * epochs, "val_acc": 0.1 + 0.05 * epochs}
+        job_queries.finish_job(session=session, job_id=job_id, status=status, result=result)
     session.commit()
     return job_id

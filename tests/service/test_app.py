@@ -30,10 +30,10 @@ def test_readyz_names_the_failing_check(tmp_path: Path, db_url: str) -> None:
         }
 
 
-def test_root_redirects_to_docs(client: TestClient) -> None:
+def test_root_redirects_to_the_dashboard(client: TestClient) -> None:
     response = client.get("/", follow_redirects=False)
     assert response.status_code in (302, 307)
-    assert response.headers["location"] == "/docs"
+    assert response.headers["location"] == "/dashboard"
 
 
 def test_prometheus_metrics(client: TestClient) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field
 
+from service import jobs
 from service.db.models import Job
 from service.specs import EXAMPLE_SPEC
 from service.vocabulary import JobStatus
@@ -51,18 +52,12 @@ class JobRead(BaseModel):
 
 def job_read(job: Job) -> JobRead:
     """JobRead from a stored job (progress is derived)."""
-    if job.status == "succeeded":
-        fraction = 1.0  # also when early stopping ended it before total_steps
-    elif job.total_steps:
-        fraction = min(1.0, job.step / job.total_steps)
-    else:
-        fraction = 0.0
     progress = Progress(
         epoch=job.epoch,
         epochs=job.epochs,
         step=job.step,
         total_steps=job.total_steps,
-        fraction=fraction,
+        fraction=jobs.progress_fraction(job),
     )
     columns = {name: getattr(job, name) for name in set(JobRead.model_fields) - {"progress"}}
     return JobRead.model_validate({**columns, "progress": progress})

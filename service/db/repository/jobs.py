@@ -176,6 +176,11 @@ def get_job(*, session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id)
 
 
+def get_jobs(*, session: Session, job_ids: Sequence[str]) -> Sequence[Job]:
+    """The jobs among ``job_ids`` that exist, in no particular order."""
+    return session.scalars(select(Job).where(Job.id.in_(job_ids))).all()
+
+
 def get_job_by_idempotency_key(*, session: Session, key: str) -> Job | None:
     return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
 

@@ -142,10 +142,13 @@ def save_landscape(*, session: Session, job_id: str, grid: Mapping[str, Any]) ->
 # --- read side --------------------------------------------------------------------------
 
 
-def list_epoch_metrics(*, session: Session, job_id: str) -> Sequence[EpochMetric]:
-    return session.scalars(
-        select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
-    ).all()
+def list_epoch_metrics(
+    *, session: Session, job_id: str, after_epoch: int | None = None
+) -> Sequence[EpochMetric]:
+    stmt = select(EpochMetric).where(EpochMetric.job_id == job_id)
+    if after_epoch is not None:
+        stmt = stmt.where(EpochMetric.epoch > after_epoch)
+    return session.scalars(stmt.order_by(EpochMetric.epoch)).all()
 
 
 def list_layers(*, session: Session, job_id: str) -> Sequence[Layer]:
@@ -271,3 +274,64 @@ def list_histograms(
 
 def get_landscape(*, session: Session, job_id: str) -> Landscape | None:
     return session.get(Landscape, job_id)
+
+
+# --- compare: one statistic across jobs -------------------------------------------------
+
+
+def compare_layer_stat(
+    *,
+    session: Session,
+    job_ids: Sequence[str],
+    stat: str,
+    layer_index: int | None = None,
+    layer_name: str | None = None,
+    max_points: int = 500,
+) -> list[tuple[str, int, str, int, float | None]]:
+    """Rows (job_id, layer_index, layer_name, step, value) of one statistic of one layer
+    in each job, in one query. The layer is picked by index or by module name (each job's
+    own row of the layer table), each job's series strided in SQL as in list_layer_stats."""
+    if max_points < 2:
+        raise ValueError("max_points must be at least 2")
+    _check_stats([stat])
+    layer_match = Layer.index == layer_index if layer_name is None else Layer.name == layer_name
+    inner = (
+        select(
+            LayerStat.job_id,
+            LayerStat.layer_index,
+            Layer.name.label("layer_name"),
+            LayerStat.step,
+            getattr(LayerStat, stat).label("value"),
+            func.row_number()
+            .over(partition_by=LayerStat.job_id, order_by=LayerStat.step)
+            .label("rn"),
+            func.count().over(partition_by=LayerStat.job_id).label("n"),
+        )
+        .join(Layer, (Layer.job_id == LayerStat.job_id) & (Layer.index == LayerStat.layer_index))
+        .where(LayerStat.job_id.in_(job_ids), layer_match)
+        .subquery()
+    )
+    rn, n = inner.c.rn, inner.c.n
+    stride = (n - 2) // (max_points - 1) + 1  # `//`: see list_layer_stats
+    keep = or_(n <= max_points, (rn - 1) % stride == 0, rn == n)
+    stmt = (
+        select(inner.c.job_id, inner.c.layer_index, inner.c.layer_name, inner.c.step, inner.c.value)
+        .where(keep)
+        .order_by(inner.c.job_id, inner.c.step)
+    )
+    return [tuple(row) for row in session.execute(stmt).all()]
+
+
+def compare_epoch_metric(
+    *, session: Session, job_ids: Sequence[str], metric: str
+) -> list[tuple[str, int, float | None]]:
+    """Rows (job_id, epoch, value) of one epoch metric of each job, in one query."""
+    if metric not in EPOCH_METRIC_COLUMNS:
+        raise ValueError(f"unknown epoch metric: {metric}")
+    column = getattr(EpochMetric, metric)
+    stmt = (
+        select(EpochMetric.job_id, EpochMetric.epoch, column)
+        .where(EpochMetric.job_id.in_(job_ids))
+        .order_by(EpochMetric.job_id, EpochMetric.epoch)
+    )
+    return [tuple(row) for row in session.execute(stmt).all()]
