@@ -105,7 +105,9 @@ def job_changes(
         cursor = dataclasses.replace(cursor, **changes)
         out.append(Event(event, cursor.encode(), data))
 
-    if job.status != cursor.status:
+    finished = job.is_finished
+    # A job that started says so before its first metrics; one that finished, after its last.
+    if job.status != cursor.status and not finished:
         emit("status", {"status": job.status, "error": job.error}, status=job.status)
     for row in telemetry_queries.list_epoch_metrics(
         session=session, job_id=job.id, after_epoch=cursor.epoch
@@ -113,7 +115,8 @@ def job_changes(
         emit("metric", _metric_of(row), epoch=row.epoch)
     if job.step != cursor.step:
         emit("progress", progress_of(job), step=job.step)
-    finished = job.is_finished
+    if job.status != cursor.status and finished:
+        emit("status", {"status": job.status, "error": job.error}, status=job.status)
     if diagnose or finished:
         seen = set(cursor.findings)
         findings = diagnosis.diagnose_job(session=session, job=job)

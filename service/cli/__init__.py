@@ -1,5 +1,6 @@
 """The ``trainlab`` command. Server commands (up, worker, migrate) live in ``server``,
-client commands (submit, status, jobs, cancel) in ``client``: one module per side."""
+client commands (submit, jobs, show, compare, cancel, retry, plot, status) in ``client``:
+one module per side."""
 
 from __future__ import annotations
 
@@ -9,16 +10,25 @@ import typer
 
 from service.cli import client, server
 
-app = typer.Typer(help="trainlab: train deep nets and see why they fail.", no_args_is_help=True)
+app = typer.Typer(
+    help="trainlab: train deep nets and see why they fail. Client commands talk to the API "
+    "at --url, TRAINLAB_URL, or where `trainlab up` says it listens.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 COMMANDS: tuple[Callable[..., None], ...] = (
     server.up,
     server.worker,
     server.migrate,
     client.submit,
-    client.status,
     client.jobs,
+    client.show,
+    client.compare,
     client.cancel,
+    client.retry,
+    client.plot,
+    client.status,
 )
 for command in COMMANDS:
     app.command()(command)

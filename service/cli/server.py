@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from service.cli.client import URL_FILE
 from service.stack import API_GRACE_S, WORKER_GRACE_S, Supervisor, die_with_parent
 
 HostOpt = Annotated[str, typer.Option(help="Interface the API listens on.")]
@@ -124,8 +125,22 @@ def up(
     supervisor = Supervisor(
         server_config=server_config, worker_command=worker_command, worker_grace_s=worker_grace
     )
-    base = f"http://{host}:{port}"
-    typer.echo(f"API docs on {base}/docs, dashboard on {base}/dashboard")
-    code = supervisor.run()
+    base = f"http://{_client_host(host)}:{port}"
+    url_file = settings.data_dir / URL_FILE
+    # The client CLI reads it (run from the same folder), so `make run PORT=...` just works.
+    url_file.write_text(base + "\n")
+    typer.echo(f"trainlab listening on {base}")
+    typer.echo(f"  dashboard  {base}/dashboard")
+    typer.echo(f"  API docs   {base}/docs")
+    typer.echo(f"  clients    export TRAINLAB_URL={base}")
+    try:
+        code = supervisor.run()
+    finally:
+        url_file.unlink(missing_ok=True)
     typer.echo(f"stopped; data kept in {settings.data_dir}")
     raise typer.Exit(code)
+
+
+def _client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

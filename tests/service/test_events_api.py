@@ -66,7 +66,8 @@ def test_finished_job_streams_its_story_then_ends(
     job_id = recorded_job(fast_client, session, depth=4, vanishing=True, epochs=3)
     events = _read_all(fast_client, f"/v1/jobs/{job_id}/events")
     names = [e.event for e in events]
-    assert names[0] == "status" and events[0].data["status"] == "succeeded"
+    assert names[:5] == ["metric", "metric", "metric", "progress", "status"]
+    assert events[4].data["status"] == "succeeded"
     assert [e.data["epoch"] for e in events if e.event == "metric"] == [1, 2, 3]
     assert "progress" in names
     findings = [e.data for e in events if e.event == "finding"]
@@ -108,9 +109,9 @@ def test_running_job_emits_only_changes_live(fast_client: TestClient, session: S
         session.commit()
         rest = [e for e in stream if e.event != ":"]
     names = [e.event for e in rest]
-    assert names[:3] == ["status", "metric", "progress"]
-    assert rest[0].data == {"status": "failed", "error": "boom"}
-    assert rest[1].data["epoch"] == 2 and rest[2].data["step"] == 80
+    assert names[:3] == ["metric", "progress", "status"]
+    assert rest[2].data == {"status": "failed", "error": "boom"}
+    assert rest[0].data["epoch"] == 2 and rest[1].data["step"] == 80
     assert names[-1] == "end" and rest[-1].data["error"] == "boom"
 
 
