@@ -11,6 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -166,6 +167,27 @@ def progress_fraction(job: Job) -> float:
 
 def job_counts(*, session: Session) -> Mapping[JobStatus, int]:
     return job_queries.count_jobs_by_status(session=session)
+
+
+def queue_depths(*, session: Session) -> Mapping[str, int]:
+    return job_queries.count_queued_by_queue(session=session)
+
+
+@dataclass(frozen=True)
+class RunTime:
+    status: JobStatus
+    seconds: float
+    steps: int
+
+
+def recent_run_times(*, session: Session, limit: int) -> list[RunTime]:
+    """Wall time and steps of the newest ``limit`` jobs that ran to an end."""
+    return [
+        RunTime(status, max(0.0, (finished - started).total_seconds()), steps)
+        for status, started, finished, steps in job_queries.list_recent_run_times(
+            session=session, limit=limit
+        )
+    ]
 
 
 # --- listing --------------------------------------------------------------------------

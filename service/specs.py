@@ -89,11 +89,16 @@ class DataSpec(_Strict):
     train_size: int | None = Field(
         None, ge=1, le=1_000_000, description="Seeded subset size; null takes all."
     )
-    val_size: int | None = Field(None, ge=1, le=1_000_000)
+    val_size: int | None = Field(
+        None, ge=1, le=1_000_000, description="Seeded validation subset size; null takes all."
+    )
     noise: float | None = Field(
         None, ge=0.0, le=10.0, description="Noise level of a synthetic dataset."
     )
-    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+    augment: AugmentSpec = Field(
+        default_factory=AugmentSpec,
+        description="Training-time augmentation (off by default): a remedy for overfitting.",
+    )
 
     @field_validator("dataset")
     @classmethod
@@ -111,41 +116,72 @@ class DataSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    arch: Literal["mlp", "cnn"] = "mlp"
+    arch: Literal["mlp", "cnn"] = Field(
+        "mlp",
+        description="mlp: fully connected; cnn: 1-D convolutions for signals, 2-D for images.",
+    )
     depth: int = Field(4, ge=1, le=256, description="Hidden layers (the output layer is extra).")
     width: int = Field(128, ge=1, le=4096, description="Units per hidden layer, or channels.")
-    activation: Activation = "relu"
-    norm: Norm = "none"
+    activation: Activation = Field(
+        "relu",
+        description="Hidden-layer activation. sigmoid/tanh saturate and make deep nets' "
+        "gradients vanish; relu-like ones keep them flowing (with init kaiming).",
+    )
+    norm: Norm = Field(
+        "none", description="Normalisation after each hidden layer: batch, layer or none."
+    )
     skip: bool = Field(False, description="Group hidden layers into residual blocks of two.")
-    dropout: Probability = 0.0
-    dropconnect: Probability = 0.0
-    init: Init = "default"
+    dropout: Probability = Field(
+        0.0, description="Probability of zeroing a hidden unit while training (0 = off)."
+    )
+    dropconnect: Probability = Field(
+        0.0, description="Probability of zeroing a weight while training (DropConnect; 0 = off)."
+    )
+    init: Init = Field(
+        "default",
+        description="Weight init: default (PyTorch's), xavier (Glorot), kaiming (He, for "
+        "ReLU-like units) or normal (std init_std).",
+    )
     init_std: float = Field(0.02, gt=0.0, le=10.0, description="Std used when init is 'normal'.")
     kernel_size: int = Field(5, ge=1, le=15, description="CNN kernel size (odd).")
 
 
 class TrainSpec(_Strict):
-    epochs: int = Field(5, ge=1, le=10_000)
-    batch_size: int = Field(128, ge=1, le=65_536)
-    optimizer: Optimizer = "sgd"
-    lr: float = Field(0.05, gt=0.0, le=10.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
+    epochs: int = Field(5, ge=1, le=10_000, description="Passes over the training set.")
+    batch_size: int = Field(128, ge=1, le=65_536, description="Examples per training step.")
+    optimizer: Optimizer = Field("sgd", description="sgd (with momentum), adam or adamw.")
+    lr: float = Field(0.05, gt=0.0, le=10.0, description="Learning rate (the schedule's start).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd only).")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd with momentum > 0).")
     weight_decay: float | None = Field(
         None, ge=0.0, le=1.0, description="Decoupled weight decay, adamw only (default 0.01)."
     )
     l1: float = Field(0.0, ge=0.0, le=1.0, description="Adds l1·Σ|w| to the loss.")
     l2: float = Field(0.0, ge=0.0, le=1.0, description="Adds (l2/2)·Σw² to the loss.")
-    schedule: Schedule = "constant"
+    schedule: Schedule = Field(
+        "constant",
+        description="Learning-rate schedule: constant, step (x gamma every step_size epochs) "
+        "or cosine (to 0 at the last epoch).",
+    )
     step_size: int = Field(10, ge=1, le=10_000, description="Epochs between 'step' decays.")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="Decay factor of the 'step' schedule.")
-    grad_clip: float | None = Field(None, gt=0.0, description="Max global gradient norm.")
+    grad_clip: float | None = Field(
+        None, gt=0.0, le=1e6, description="Max global gradient norm; null: no clipping."
+    )
     early_stopping_patience: int | None = Field(
         None, ge=1, le=10_000, description="Stop after this many epochs without val improvement."
     )
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    device: Device = "auto"
-    precision: Precision = "fp32"
+    seed: int = Field(
+        0, ge=0, le=2**31 - 1, description="Seeds data subsets, init, dropout and batch order."
+    )
+    device: Device = Field(
+        "auto",
+        description="cuda runs on a GPU worker (the gpu queue); auto uses CUDA where the "
+        "worker that takes the job has it; cpu never does.",
+    )
+    precision: Precision = Field(
+        "fp32", description="fp32, or bf16/fp16 autocast (mixed precision) on the device."
+    )
 
 
 class LandscapeSpec(_Strict):
@@ -218,14 +254,18 @@ class ExperimentSpec(_Strict):
         json_schema_extra={"examples": [EXAMPLE_SPEC]},
     )
 
-    name: str = Field("", max_length=200)
+    name: str = Field("", max_length=200, description="Free text, shown in lists and plots.")
     tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        default_factory=list, max_length=32
+        default_factory=list,
+        max_length=32,
+        description="Up to 32 labels of 1-64 characters; GET /v1/jobs?tag= filters on one.",
     )
-    data: DataSpec = Field(default_factory=DataSpec)
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    telemetry: TelemetrySpec = Field(default_factory=TelemetrySpec)
+    data: DataSpec = Field(default_factory=DataSpec, description="What to train on.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The network.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="How to optimise it.")
+    telemetry: TelemetrySpec = Field(
+        default_factory=TelemetrySpec, description="What to record while it trains."
+    )
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from service.config import get_settings
 from service.queue import broker_config
+from worker import logs
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +48,10 @@ def configure_torch() -> None:
 def _on_child_start(**_: Any) -> None:
     # Runs in each prefork child, after the fork: CUDA is never initialised before it.
     configure_torch()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _tag_log_lines(logger: logging.Logger, **_: Any) -> None:
+    # Every line a worker writes names the job it is about (job=- outside a job).
+    logs.install(logger, as_json=get_settings().log_json)

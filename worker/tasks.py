@@ -29,6 +29,7 @@ from service.db.session import make_engine, make_session_factory
 from service.queue import TRAIN_TASK
 from service.specs import ExperimentSpec
 from service.vocabulary import JobStatus
+from worker import logs
 from worker.celery_app import app, configure_torch
 from worker.engine.events import TrainResult
 from worker.recorder import Recorder, SessionFactory
@@ -146,6 +147,11 @@ def run_job(
     cancel_poll_s: float = 0.25,
 ) -> str | None:
     """Train one job end to end; return its final status (None if it was not claimable)."""
+    with logs.job_context(job_id):
+        return _run_job(job_id, settings=settings, worker_name=worker_name, poll_s=cancel_poll_s)
+
+
+def _run_job(job_id: str, *, settings: Settings, worker_name: str, poll_s: float) -> str | None:
     from worker.engine.loop import train  # torch loads here, in the worker process only
 
     session_factory = _session_factory(settings.resolved_database_url)
@@ -168,7 +174,7 @@ def run_job(
             JobWatcher(
                 session_factory,
                 job_id,
-                poll_s=cancel_poll_s,
+                poll_s=poll_s,
                 heartbeat_s=settings.heartbeat_interval_s,
             ) as watcher,
         ):

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CollectorRegistry
 
 from service.api.deps import require_api_key
-from service.api.metrics import JobCountCollector
+from service.api.metrics import JobCountCollector, QueueAndRunCollector
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.api.routes import (
     compare,
@@ -91,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = make_session_factory(engine)
     registry = CollectorRegistry()
     registry.register(JobCountCollector(app.state.session_factory))
+    registry.register(QueueAndRunCollector(app.state.session_factory))
     app.state.metrics_registry = registry
 
     app.add_exception_handler(ServiceError, service_error_handler)

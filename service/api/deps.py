@@ -61,7 +61,13 @@ IdempotencyKeyDep = Annotated[
 
 def require_api_key(
     settings: SettingsDep,
-    x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
+    x_api_key: Annotated[
+        str | None,
+        Header(
+            alias="X-API-Key",
+            description="One of the server's API keys, where it has any (TRAINLAB_API_KEYS).",
+        ),
+    ] = None,
 ) -> None:
     if not settings.api_keys:
         return

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from service.api.app import create_app
 from service.specs import EXAMPLE_SPEC
-from tests.service.conftest import make_settings
+from tests.service.conftest import make_settings, recorded_job
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:
@@ -47,6 +48,20 @@ def test_prometheus_metrics(client: TestClient) -> None:
     assert 'route="/v1/jobs/{job_id}",status="200"' in text
     assert 'route="/v1/jobs/{job_id}",status="404"' in text
     assert "trainlab_http_request_duration_seconds_bucket" in text
+
+
+def test_metrics_for_operators_queue_depth_and_run_histograms(
+    client: TestClient, session: Session
+) -> None:
+    queued = [client.post("/v1/jobs", json={}).json()["id"] for _ in range(2)]
+    ran = recorded_job(client, session, steps=40)  # claimed, 40 steps, succeeded
+    assert ran not in queued
+    text = client.get("/metrics").text
+    assert 'trainlab_queue_depth{queue="cpu"} 2.0' in text
+    assert 'trainlab_queue_depth{queue="gpu"} 0.0' in text
+    assert 'trainlab_job_duration_seconds_count{status="succeeded"} 1.0' in text
+    assert 'trainlab_job_duration_seconds_bucket{le="+Inf",status="succeeded"} 1.0' in text
+    assert 'trainlab_job_steps_per_second_count{status="succeeded"} 1.0' in text
 
 
 def test_json_body_over_the_limit_is_413(tmp_path: Path, db_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -86,3 +87,70 @@ def test_docs_and_their_assets_need_no_api_key(tmp_path: Path, db_url: str) -> N
             assert client.get(page).status_code == 200
             for url in _asset_urls(client.get(page).text):
                 assert client.get(url).status_code == 200, url
+
+
+SPEC_MODELS = (
+    "ExperimentSpec",
+    "DataSpec",
+    "AugmentSpec",
+    "ModelSpec",
+    "TrainSpec",
+    "TelemetrySpec",
+    "LandscapeSpec",
+)
+
+
+@pytest.fixture(scope="module")
+def openapi(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("openapi")
+    document: dict[str, Any] = create_app(make_settings(tmp, f"sqlite:///{tmp}/x.db")).openapi()
+    return document
+
+
+def _numeric_bounds(schema: dict[str, Any]) -> tuple[bool, bool]:
+    """(has a lower bound, has an upper bound) of a number field, through anyOf [x, null]."""
+    options = schema.get("anyOf", [schema])
+    numbers = [o for o in options if o.get("type") in ("integer", "number") and "enum" not in o]
+    low = all("minimum" in o or "exclusiveMinimum" in o for o in numbers)
+    high = all("maximum" in o or "exclusiveMaximum" in o for o in numbers)
+    return low, high
+
+
+@pytest.mark.parametrize("model", SPEC_MODELS)
+def test_every_spec_field_has_a_description_a_default_and_a_range(
+    openapi: dict[str, Any], model: str
+) -> None:
+    schema = openapi["components"]["schemas"][model]
+    for name, field in schema["properties"].items():
+        assert field.get("description"), f"{model}.{name} has no description"
+        assert "default" in field or name not in schema.get("required", []), f"{model}.{name}"
+        assert _numeric_bounds(field) == (True, True), f"{model}.{name} has no range"
+
+
+def test_every_parameter_is_described(openapi: dict[str, Any]) -> None:
+    missing = [
+        f"{method.upper()} {path} {parameter['name']}"
+        for path, operations in openapi["paths"].items()
+        for method, operation in operations.items()
+        for parameter in operation.get("parameters", [])
+        if not parameter.get("description")
+    ]
+    assert missing == []
+
+
+def test_every_operation_documents_what_it_returns(openapi: dict[str, Any]) -> None:
+    """A generated client needs a schema for each success body, and the errors it raises."""
+    for path, operations in openapi["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            successes = {c: r for c, r in operation["responses"].items() if c.startswith("2")}
+            assert successes, where
+            for response in successes.values():
+                content = response.get("content", {})
+                assert content, where
+                for media in content.values():
+                    assert media.get("schema"), where
+            if path.startswith("/v1/"):
+                assert {"401", "403"} <= set(operation["responses"]), where
+            if "{job_id}" in path or "{sweep_id}" in path:
+                assert "404" in operation["responses"], where

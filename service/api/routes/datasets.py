@@ -53,6 +53,7 @@ def list_datasets(session: SessionDep) -> list[DatasetRead]:
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=error_responses(404, 422))
 def get_dataset(
-    session: SessionDep, dataset_id: Annotated[str, Path(max_length=64)]
+    session: SessionDep,
+    dataset_id: Annotated[str, Path(max_length=64, description="The dataset's id (ds_...).")],
 ) -> DatasetRead:
     return DatasetRead.model_validate(datasets.get_dataset(session=session, dataset_id=dataset_id))

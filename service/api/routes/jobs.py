@@ -21,7 +21,10 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     status_code=status.HTTP_201_CREATED,
     response_model=JobRead,
     responses={
-        200: {"description": "Replay of an earlier request with the same Idempotency-Key"},
+        200: {
+            "description": "Replay of an earlier request with the same Idempotency-Key",
+            "model": JobRead,
+        },
         **error_responses(409, 413, 422, 503),
     },
     summary="Submit an experiment",
@@ -53,12 +56,25 @@ def submit_job(
 def list_jobs(
     request: Request,
     session: SessionDep,
-    status: Annotated[list[JobStatus], Query(description="Repeat for several.")] = [],  # noqa: B006
-    tag: Annotated[str | None, Query(max_length=64)] = None,
-    name: Annotated[str | None, Query(max_length=200)] = None,
-    sort: Literal["created_at", "-created_at"] = "-created_at",
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    status: Annotated[
+        list[JobStatus],
+        Query(description="Only jobs in these statuses; repeat for several. Default: all."),
+    ] = [],  # noqa: B006
+    tag: Annotated[
+        str | None, Query(max_length=64, description="Only jobs with this tag. Default: any.")
+    ] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, description="Only jobs with this exact name.")
+    ] = None,
+    sort: Annotated[
+        Literal["created_at", "-created_at"],
+        Query(description="Order by creation time; '-' for newest first."),
+    ] = "-created_at",
+    limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=500, description="`next_cursor` of the previous page. Default: first."),
+    ] = None,
 ) -> Page[JobRead]:
     page = jobs.list_jobs(
         session=session,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import plots
@@ -68,8 +68,8 @@ def _image(content: bytes, fmt: ImageFormat) -> Response:
 async def job_plot(
     job: JobDep,
     session: SessionDep,
-    name: JobPlotName,
-    fmt: ImageFormat,
+    name: Annotated[JobPlotName, Path(description="Which figure.")],
+    fmt: Annotated[ImageFormat, Path(description="png (pixels) or svg (vector).")],
     size: SizeQuery = plots.DEFAULT_SIZE,
     dpi: DpiQuery = plots.DEFAULT_DPI,
 ) -> Response:
@@ -93,8 +93,8 @@ async def job_plot(
 async def sweep_plot(
     sweep: SweepDep,
     session: SessionDep,
-    name: SweepPlotName,
-    fmt: ImageFormat,
+    name: Annotated[SweepPlotName, Path(description="Which figure.")],
+    fmt: Annotated[ImageFormat, Path(description="png (pixels) or svg (vector).")],
     size: SizeQuery = plots.DEFAULT_SIZE,
     dpi: DpiQuery = plots.DEFAULT_DPI,
 ) -> Response:

@@ -67,8 +67,11 @@ def create_sweep(
 )
 def list_sweeps(
     session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=200, description="Sweeps per page.")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=500, description="`next_cursor` of the previous page. Default: first."),
+    ] = None,
 ) -> Page[SweepSummary]:
     page = sweeps.list_sweeps(session=session, limit=limit, cursor=cursor)
     return Page[SweepSummary](

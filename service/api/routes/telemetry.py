@@ -22,7 +22,16 @@ from service.api.schemas.telemetry import (
 router = APIRouter(prefix="/jobs", tags=["telemetry"])
 
 MAX_STEP = 2**31 - 1
-StepQuery = Annotated[int | None, Query(ge=0, le=MAX_STEP)]
+FromStepQuery = Annotated[
+    int | None, Query(ge=0, le=MAX_STEP, description="First training step. Default: the first.")
+]
+ToStepQuery = Annotated[
+    int | None, Query(ge=0, le=MAX_STEP, description="Last training step. Default: the last.")
+]
+StepQuery = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_STEP, description="Only this training step. Default: every step."),
+]
 LayerQuery = Annotated[
     list[str], Query(description="Layer index or name; repeat for several. Default: all.")
 ]
@@ -55,9 +64,11 @@ def job_gradients(
     session: SessionDep,
     layer: LayerQuery = [],  # noqa: B006
     stat: Annotated[list[str], Query(description="Statistic names. Default: all.")] = [],  # noqa: B006
-    from_step: StepQuery = None,
-    to_step: StepQuery = None,
-    max_points: Annotated[int, Query(ge=2, le=10_000)] = 500,
+    from_step: FromStepQuery = None,
+    to_step: ToStepQuery = None,
+    max_points: Annotated[
+        int, Query(ge=2, le=10_000, description="At most this many points per layer.")
+    ] = 500,
 ) -> Gradients:
     stats, series = telemetry.gradient_series(
         session=session,

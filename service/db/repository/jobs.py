@@ -192,6 +192,27 @@ def count_jobs_by_status(*, session: Session) -> dict[JobStatus, int]:
     return counts
 
 
+def count_queued_by_queue(*, session: Session) -> dict[str, int]:
+    """Queued jobs per broker queue: the backlog no worker has claimed yet."""
+    rows = session.execute(
+        select(Job.queue, func.count()).where(Job.status == "queued").group_by(Job.queue)
+    ).all()
+    return {str(queue): int(n) for queue, n in rows}
+
+
+def list_recent_run_times(
+    *, session: Session, limit: int
+) -> list[tuple[JobStatus, datetime, datetime, int]]:
+    """(status, started_at, finished_at, steps) of the newest ``limit`` jobs that ran."""
+    stmt = (
+        select(Job.status, Job.started_at, Job.finished_at, Job.step)
+        .where(Job.started_at.is_not(None), Job.finished_at.is_not(None))
+        .order_by(Job.finished_at.desc())
+        .limit(limit)
+    )
+    return [(r[0], r[1], r[2], int(r[3])) for r in session.execute(stmt).all()]
+
+
 @dataclass(frozen=True)
 class SpecFilter:
     """``path`` inside the stored spec equals ``value`` (None: the field is null)."""
