@@ -210,7 +210,8 @@ def list_recent_run_times(
         .order_by(Job.finished_at.desc())
         .limit(limit)
     )
-    return [(r[0], r[1], r[2], int(r[3])) for r in session.execute(stmt).all()]
+    rows = session.execute(stmt).all()
+    return [(r[0], r[1], r[2], int(r[3])) for r in rows if r[1] is not None and r[2] is not None]
 
 
 @dataclass(frozen=True)
