@@ -136,7 +136,9 @@ def up(
     try:
         code = supervisor.run()
     finally:
-        url_file.unlink(missing_ok=True)
+        # Unless another `trainlab up` on this folder has written its own URL since.
+        if url_file.is_file() and url_file.read_text().strip() == base:
+            url_file.unlink()
     typer.echo(f"stopped; data kept in {settings.data_dir}")
     raise typer.Exit(code)
 
