@@ -68,7 +68,7 @@ export function renderJobs(ctx, view, params) {
       h("option", { value: "", text: "any or none" }),
       h("option", { value: HEALTHY, text: "✓ healthy (no findings)", selected: finding === HEALTHY }),
       h("option", { value: ANY_PROBLEM, text: "any problem", selected: finding === ANY_PROBLEM }),
-      [...codes].sort().map((c) => h("option", { value: c, text: findingLabel(c), selected: c === finding })));
+      ...[...codes].sort().map((c) => h("option", { value: c, text: findingLabel(c), selected: c === finding })));
     const rows = page.items.map((job, i) => ({ job, findings: found[i] })).filter(({ job, findings }) => {
       if (!finding) return true;
       if (finding === HEALTHY) return !findings.length && job.status === "succeeded";
