@@ -56,7 +56,7 @@ def first_last_ratio(client: httpx.Client, job_id: str) -> float:
         for p in first[len(first) // 2 :]
         if by_step.get(p["step"])
     ]
-    return statistics.median(ratios)
+    return float(statistics.median(ratios))
 
 
 def figure(client: httpx.Client, name: str, job: dict[str, Any]) -> str:
