@@ -2,7 +2,7 @@
 
 Every other place takes its strings from these ``Literal`` types (the database check
 constraints, the API schemas and so the OpenAPI document, the engine, the CLI; the
-dashboard reads them from ``/openapi.json``). Pure typing: the engine imports it too.
+dashboard reads them from ``/dashboard/vocabulary.json``). Pure typing: the engine imports it too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from typing import Literal, get_args
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 INITIAL_STATUS: JobStatus = "queued"  # every job starts here, before a worker claims it
-FINISHED_STATUSES: frozenset[JobStatus] = frozenset({"succeeded", "failed", "cancelled"})
+SUCCESS_STATUS: JobStatus = "succeeded"  # trained to the end (or early-stopped)
+FAILURE_STATUS: JobStatus = "failed"  # the job carries an error
+CANCELLED_STATUS: JobStatus = "cancelled"
+FINISHED_STATUSES: frozenset[JobStatus] = frozenset(
+    {SUCCESS_STATUS, FAILURE_STATUS, CANCELLED_STATUS}
+)
 ACTIVE_STATUSES: frozenset[JobStatus] = frozenset(JOB_STATUSES) - FINISHED_STATUSES
 
 # What a tracked layer is. Weight layers carry the gradient-flow story; norm layers

@@ -125,9 +125,10 @@ def test_cli_submits_and_waits(embedded_stack: Stack, tmp_path: Path) -> None:
         timeout=240,
     )
     assert submitted.returncode == 0, submitted.stderr
-    job_id = submitted.stdout.strip()
+    job_id = submitted.stdout.splitlines()[0].strip()  # then the watch and the diagnosis
     listed = subprocess.run([TRAINLAB, "jobs", *url], capture_output=True, text=True)
-    assert job_id in listed.stdout and "succeeded" in listed.stdout
+    row = next(line for line in listed.stdout.splitlines() if job_id[:8] in line)
+    assert "succeeded" in row
     shown = subprocess.run([TRAINLAB, "status", job_id, *url], capture_output=True, text=True)
     assert json.loads(shown.stdout)["status"] == "succeeded"
 

@@ -75,6 +75,11 @@ def test_dashboard_reads_the_vocabulary_instead_of_repeating_it(client: TestClie
     assert words["job_statuses"] == list(vocabulary.JOB_STATUSES)
     assert set(words["active_statuses"]) == vocabulary.ACTIVE_STATUSES
     assert set(words["finished_statuses"]) == vocabulary.FINISHED_STATUSES
-    script = (STATIC / "dashboard.js").read_text()
-    spelled = [s for s in vocabulary.JOB_STATUSES if re.search(rf'["\']{s}["\']', script)]
-    assert spelled == [], f"dashboard.js spells statuses itself: {spelled}"
+    assert words["success_status"] == vocabulary.SUCCESS_STATUS
+    assert words["failure_status"] == vocabulary.FAILURE_STATUS
+    scripts = sorted((STATIC / "js").rglob("*.js"))
+    assert len(scripts) >= 5
+    for path in scripts:
+        script = path.read_text()
+        spelled = [s for s in vocabulary.JOB_STATUSES if re.search(rf'["\']{s}["\']', script)]
+        assert spelled == [], f"{path.name} spells statuses itself: {spelled}"

@@ -54,6 +54,9 @@ def _vocabulary() -> JSONResponse:
         {
             "job_statuses": list(vocabulary.JOB_STATUSES),
             "initial_status": vocabulary.INITIAL_STATUS,
+            "success_status": vocabulary.SUCCESS_STATUS,
+            "failure_status": vocabulary.FAILURE_STATUS,
+            "cancelled_status": vocabulary.CANCELLED_STATUS,
             "active_statuses": [
                 s for s in vocabulary.JOB_STATUSES if s in vocabulary.ACTIVE_STATUSES
             ],

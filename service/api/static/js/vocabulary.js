@@ -5,6 +5,9 @@ export const vocab = {
   statuses: [],
   active: new Set(),
   initial: null,
+  succeeded: null, // the one status whose findings decide "healthy"
+  failed: null, // the status that carries an error
+  cancelled: null,
   weightKinds: new Set(),
   normKinds: new Set(),
 };
@@ -15,6 +18,9 @@ export async function loadVocabulary() {
   vocab.statuses = v.job_statuses;
   vocab.active = new Set(v.active_statuses);
   vocab.initial = v.initial_status;
+  vocab.succeeded = v.success_status;
+  vocab.failed = v.failure_status;
+  vocab.cancelled = v.cancelled_status;
   vocab.weightKinds = new Set(v.weight_kinds);
   vocab.normKinds = new Set(v.norm_kinds);
 }

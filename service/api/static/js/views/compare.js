@@ -1,6 +1,7 @@
 // #/compare?jobs=a,b,c&stat=grad_norm&layer=0: overlay two or more jobs: their loss and
 // accuracy per epoch and one layer statistic per step, from GET /v1/compare.
 import { api } from "../api.js";
+import { vocab } from "../vocabulary.js";
 import { h, num, fmt, fmtSci, pct, JOB_COLORS } from "../util.js";
 import {
   panel, drawPlot, emptyPlot, exportButtons, tableOf, logFloor, onFloor, logScale, logAxis,
@@ -55,7 +56,7 @@ export function renderCompare(ctx, view, params) {
     renderEpochs(ctx, acc, [valAcc], "val acc", pct, true);
     layerPanel.el.querySelector("h3").textContent = `${stat} of layer ${layer}`;
     renderStat(ctx, layerPanel, layerStat, stat);
-    const active = jobs.some((s) => s.status === "queued" || s.status === "running");
+    const active = jobs.some((s) => vocab.active.has(s.status));
     return active ? 3000 : null;
   });
 }

@@ -198,12 +198,12 @@ export function retryButton(jobId, testid = "retry-suggested") {
 function renderFindings(el, findings, job) {
   if (!findings.length) {
     let text;
-    if (job.status === "failed") text = `The job failed: ${job.error || "no error recorded"}`;
-    else if (job.status === "cancelled") text = "The job was cancelled before it finished; nothing found in what it recorded.";
+    if (job.status === vocab.failed) text = `The job failed: ${job.error || "no error recorded"}`;
+    else if (job.status === vocab.cancelled) text = "The job was cancelled before it finished; nothing found in what it recorded.";
     else if (job.status === vocab.initial) text = `No statistics yet: the job is ${job.status}.`;
     else if (vocab.active.has(job.status)) text = "No findings so far.";
     else text = "No problems found in the stored statistics.";
-    el.replaceChildren(h("p", { class: job.status === "failed" ? "empty failed-note" : "empty", "data-testid": "no-findings", text }));
+    el.replaceChildren(h("p", { class: job.status === vocab.failed ? "empty failed-note" : "empty", "data-testid": "no-findings", text }));
     return;
   }
   const patched = findings.filter((f) => f.suggested_spec_patch && Object.keys(f.suggested_spec_patch).length);

@@ -71,7 +71,7 @@ export function renderJobs(ctx, view, params) {
       ...[...codes].sort().map((c) => h("option", { value: c, text: findingLabel(c), selected: c === finding })));
     const rows = page.items.map((job, i) => ({ job, findings: found[i] })).filter(({ job, findings }) => {
       if (!finding) return true;
-      if (finding === HEALTHY) return !findings.length && job.status === "succeeded";
+      if (finding === HEALTHY) return !findings.length && job.status === vocab.succeeded;
       if (finding === ANY_PROBLEM) return findings.length > 0;
       return findings.some((f) => f.code === finding);
     });
@@ -92,8 +92,8 @@ function jobRow(job, findings, selected, onSelect) {
     onchange: (e) => { if (e.target.checked) selected.add(job.id); else selected.delete(job.id); onSelect(); } });
   let health;
   if (findings.length) health = findings.map((f) => findingChip(f));
-  else if (job.status === "failed") health = h("span", { class: "chip code-failed", text: "✗ failed" });
-  else if (job.status === "succeeded") health = healthyChip();
+  else if (job.status === vocab.failed) health = h("span", { class: "chip code-failed", text: "✗ failed" });
+  else if (job.status === vocab.succeeded) health = healthyChip();
   else health = h("span", { class: "muted", text: vocab.active.has(job.status) ? "…" : "—" });
   return h(
     "tr",

@@ -142,8 +142,8 @@ export function renderSweep(ctx, view, sweepId) {
         const patched = d.findings.some((f) => f.suggested_spec_patch && Object.keys(f.suggested_spec_patch).length);
         let health;
         if (r.findings.length) health = r.findings.map((f) => findingChip(f));
-        else if (r.status === "failed") health = h("span", { class: "chip code-failed", title: r.error || "", text: "✗ failed" });
-        else if (r.status === "succeeded") health = healthyChip();
+        else if (r.status === vocab.failed) health = h("span", { class: "chip code-failed", title: r.error || "", text: "✗ failed" });
+        else if (r.status === vocab.succeeded) health = healthyChip();
         else health = h("span", { class: "muted", text: "…" });
         return h("tr", { "data-testid": "sweep-row", "data-job-id": r.job_id, class: `health-${r.findings.length ? r.findings[0].severity : r.status}` },
           keys.map((k) => h("td", { class: "mono", text: typeof r.point[k] === "string" ? r.point[k] : JSON.stringify(r.point[k]) })),
