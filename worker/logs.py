@@ -20,6 +20,13 @@ TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] job=%(job_id)s %(nam
 _current_job = NO_JOB
 
 
+def set_job(job_id: str) -> None:
+    """The job this process now works on, until the next one: Celery's own line about a
+    task's end comes after the task function returned, and still names its job."""
+    global _current_job
+    _current_job = job_id
+
+
 @contextmanager
 def job_context(job_id: str) -> Iterator[None]:
     global _current_job

@@ -253,6 +253,7 @@ def _stop_reaper(**_: Any) -> None:
 
 @app.task(name=TRAIN_TASK, bind=True, acks_late=True, ignore_result=True)
 def train_job(self: Any, job_id: str) -> str | None:
+    logs.set_job(job_id)
     configure_torch()
     worker_name = str(self.request.hostname or socket.gethostname())
     return run_job(job_id, settings=get_settings(), worker_name=worker_name)

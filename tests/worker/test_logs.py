@@ -40,3 +40,17 @@ def test_json_lines_when_asked() -> None:
         logger.warning("slow step")
     entry = json.loads(stream.getvalue())
     assert (entry["job_id"], entry["level"], entry["message"]) == ("abc", "WARNING", "slow step")
+
+
+def test_a_task_s_job_stays_named_until_the_next_task() -> None:
+    stream = io.StringIO()
+    logger = _logger(stream, as_json=False)
+    logs.set_job("first")
+    with logs.job_context("first"):
+        logger.info("training")
+    logger.info("Task trainlab.train_job[...] succeeded")  # Celery's line, after the task
+    logs.set_job(logs.NO_JOB)
+    assert [line.split(" job=")[1].split()[0] for line in stream.getvalue().splitlines()] == [
+        "first",
+        "first",
+    ]
