@@ -861,7 +861,13 @@ def retry(
     else:
         body = {"patch": dict(_field_value(item) for item in set_fields or [])}
     with _api(url, api_key, data_dir) as api:
-        job = api.post(f"/v1/jobs/{resolve_job(api, job_id)['id']}/retry-with", body)
+        target = resolve_job(api, job_id)["id"]
+        try:
+            job = api.post(f"/v1/jobs/{target}/retry-with", body)
+        except CliError as exc:
+            if str(exc) in ("error 404: Not Found", "error 405: Method Not Allowed"):
+                fail(f"the server at {api.url} has no POST /v1/jobs/{{id}}/retry-with yet")
+            raise
         out.print(job["id"])
         if watch_it:
             job = watch(api, job)

@@ -33,7 +33,7 @@ export function renderJob(ctx, view, jobId) {
     loss: panel("Loss per epoch", "plot-loss", "train (solid) vs validation (dashed); dotted: chance level ln(classes)"),
     acc: panel("Accuracy per epoch", "plot-acc", "train (solid) vs validation (dashed); dotted: chance level 1/classes"),
     flow: panel("Gradient flow", "plot-gradient-flow", "‖∇W‖ per layer (rows, input at the bottom) and step (columns), log colour: a band that darkens towards the input is a vanishing gradient; red cells are exactly 0", "wide"),
-    grad: panel("Gradient norm per layer", "plot-grad-norm", "‖∇W‖ over training steps, log scale; dark = input, orange = output; values exactly 0 sit on the floor marked 0", "wide"),
+    grad: panel("Gradient norm per layer", "plot-grad-norm", "‖∇W‖ over training steps, log scale; dark = input, orange = output, norm layers dashed; values exactly 0 sit on the floor marked 0", "wide"),
     vanish: panel("The vanishing picture", "plot-vanishing", "", "wide"),
     update: panel("Update ratio per layer", "plot-update-ratio", "‖ΔW‖ / ‖W‖ per step, log scale: around 1e-3 is healthy; far below, the layer is not learning", "wide"),
     act: panel("Activations by layer", "plot-activations", "at the latest recorded step: mean and std of each layer's outputs (act) and inputs to the activation (preact); batch norm keeps preact std near 1", "wide"),
@@ -329,6 +329,7 @@ function renderLayerLines(ctx, pnl, series, stat, label) {
         label: layerLabel(s),
         stroke: layerColor(i, n),
         width: 1.5,
+        dash: layerGroup(s.kind) === "norm" ? [5, 3] : undefined, // norm layers dashed
         spanGaps: true,
         points: { show: steps.length < 30, size: 4 },
         value: (_u, v) => (hasZero && v === floor ? "0" : fmtSci(v)),
