@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
-from worker.engine.events import ACT_STATS
 from worker.engine.layer_stats.layout import Layer, StepRow
 from worker.engine.layer_stats.reductions import (
     SaturationKind,
@@ -74,20 +74,20 @@ class ActivationSlots:
         n_layers = len(layers)
         self.device = device
         self.bounded = [layer.saturation != "none" for layer in layers]
-        # [layer, POST or PRE, _SUM or _NORM]
-        self._totals = torch.full((n_layers, 2, 2), math.nan, device=device)
-        self.sum, self.norm = self._totals.unbind(2)  # (L, 2): POST, PRE
+        # [POST or PRE, _SUM or _NORM, layer]
+        self._totals = torch.full((2, 2, n_layers), math.nan, device=device)
+        self.sum, self.norm = self._totals.unbind(1)  # (2, L): [POST or PRE, layer]
         # Per layer, per POST/PRE: the 0-d slots a hook writes (built once: indexing
         # costs a little on every hook call).
-        self.sum_slots = [list(pair.unbind()) for pair in self.sum.unbind()]
-        self.norm_slots = [list(pair.unbind()) for pair in self.norm.unbind()]
+        self.sum_slots = [list(pair.unbind()) for pair in self.sum.unbind(1)]
+        self.norm_slots = [list(pair.unbind()) for pair in self.norm.unbind(1)]
         # (L, widest layer's units); grows when a hook meets a wider layer.
         self.live = torch.full((n_layers, 0), _NO_UNIT, dtype=torch.int32, device=device)
         self._live_rows: dict[tuple[int, int], torch.Tensor] = {}
         self.n = ([1] * n_layers, [1] * n_layers)  # elements of POST and PRE, per layer
         self.units = [0] * n_layers  # 0: no live counts written this step
         self.recorded = False  # activation_capture() ran since the last write_columns()
-        self._size_cache: dict[tuple[int, ...], tuple[torch.Tensor, ...]] = {}
+        self._size_cache: dict[tuple[int, ...], _Sizes] = {}
 
     def live_row(self, index: int, units: int) -> torch.Tensor:
         """Layer ``index``'s first ``units`` live-count slots, an int32 (1, units) view
@@ -123,33 +123,31 @@ class ActivationSlots:
         if not self.recorded:  # a step without activation_capture() records none
             row.activations.fill_(math.nan)
             return
-        n, n_bounded, units_bounded = self._sizes()
-        sums, norms = self._totals.double().unbind(2)  # (L, 2) each: POST, PRE
-        # Population mean and std, sqrt(E[x²] - E[x]²), from a sum and an L2 norm.
-        mean = sums / n
-        std = torch.addcmul(norms.square_() / n, mean, mean, value=-1.0).clamp_min_(0.0).sqrt_()
+        sizes = self._sizes()
+        column = row.column
+        totals = self._totals.double()
+        for which, mean_name, std_name in _MEAN_AND_STD:
+            # Population mean and std, sqrt(E[x²] - E[x]²), from a sum and an L2 norm.
+            n = sizes.elements[which]
+            mean = torch.div(totals[which, _SUM], n, out=column[mean_name])
+            mean_sq = totals[which, _NORM].square_().div_(n)
+            var = torch.addcmul(mean_sq, mean, mean, value=-1.0, out=column[std_name])
+            var.clamp_min_(0.0).sqrt_()
         # Unit columns no hook wrote hold _NO_UNIT (< 0): neither live nor dead.
-        live = self.live.clamp_min(0).sum(dim=1, dtype=torch.float64)
-        dead = (self.live == 0).sum(dim=1, dtype=torch.float64)
-        # n_bounded and units_bounded are NaN where a layer has no bounded activation.
-        stats = {
-            "act_mean": mean[:, POST],
-            "act_std": std[:, POST],
-            "act_saturation": 1.0 - live / n_bounded,
-            "preact_mean": mean[:, PRE],
-            "preact_std": std[:, PRE],
-            "act_dead_frac": dead / units_bounded,
-        }
-        row.activations.copy_(torch.stack([stats[name] for name in ACT_STATS], dim=1))
+        live = self.live.clamp_min(0).sum(dim=1)  # int64, exact
+        dead = (self.live == 0).sum(dim=1)
+        # act_saturation = 1 - live / n and act_dead_frac = dead / units, over the sizes
+        # of bounded layers: NaN where a layer has no bounded activation.
+        saturation = column["act_saturation"]
+        torch.addcdiv(sizes.ones, live, sizes.bounded_outputs, value=-1.0, out=saturation)
+        torch.div(dead, sizes.bounded_units, out=column["act_dead_frac"])
         self._totals.fill_(math.nan)
         self.live.fill_(_NO_UNIT)
         self.units = [0] * len(self.units)
         self.recorded = False
 
-    def _sizes(self) -> tuple[torch.Tensor, ...]:
-        """Float64 element counts: (L, 2) of POST and PRE, (L,) of the outputs and the
-        units of layers with a bounded activation (NaN for the rest). Cached: each is a
-        host-to-device copy, and sizes rarely change."""
+    def _sizes(self) -> _Sizes:
+        # Cached: each size is a host-to-device copy, and sizes rarely change.
         key = (*self.n[POST], *self.n[PRE], *self.units)
         cached = self._size_cache.get(key)
         if cached is None:
@@ -158,12 +156,27 @@ class ActivationSlots:
             post = self.n[POST]
             outputs = [n if c else math.nan for n, c in zip(post, counted, strict=True)]
             units = [u if c else math.nan for u, c in zip(self.units, counted, strict=True)]
-            cached = self._size_cache[key] = (
-                torch.tensor(self.n, dtype=f64, device=device).T,  # (L, 2): POST, PRE
-                torch.tensor(outputs, dtype=f64, device=device),
-                torch.tensor(units, dtype=f64, device=device),
+            cached = self._size_cache[key] = _Sizes(
+                elements=torch.tensor(self.n, dtype=f64, device=device),
+                bounded_outputs=torch.tensor(outputs, dtype=f64, device=device),
+                bounded_units=torch.tensor(units, dtype=f64, device=device),
+                ones=torch.ones(len(post), dtype=f64, device=device),
             )
         return cached
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """One step's sizes, float64 on the device: ``elements[POST or PRE]`` per layer, and
+    the outputs and units of each layer with a bounded activation (NaN for the rest)."""
+
+    elements: torch.Tensor  # (2, L)
+    bounded_outputs: torch.Tensor  # (L,)
+    bounded_units: torch.Tensor  # (L,)
+    ones: torch.Tensor  # (L,)
+
+
+_MEAN_AND_STD = ((POST, "act_mean", "act_std"), (PRE, "preact_mean", "preact_std"))
 
 
 class InHookActivations:
@@ -261,8 +274,8 @@ class StashedActivations:
                 stacked[row].copy_(self._stash[(i, which)].reshape(shape[1:]))  # casts bf16
             rows = self._index_tensor(indices)
             flat = stacked.view(len(indices), math.prod(shape))
-            slots.sum[rows, which] = flat.sum(dim=1)
-            slots.norm[rows, which] = torch.linalg.vector_norm(flat, dim=1)
+            slots.sum[which, rows] = flat.sum(dim=1)
+            slots.norm[which, rows] = torch.linalg.vector_norm(flat, dim=1)
             if kind != "none" and flat.numel() > 0:
                 live = torch.empty((len(indices), shape[2]), dtype=torch.int32, device=slots.device)
                 # The bits overwrite the stacked copies: their sums are taken already.
