@@ -7,16 +7,18 @@ The training loop calls, on a telemetry step::
     loss.backward()
     collector.capture_gradients(step=step, epoch=epoch)   # unscaled grads, weights before
     optimizer.step()
-    collector.capture_update()             # weights after -> update_ratio; row complete
+    collector.capture_update()             # weights after: the update; step complete
 
 and, every few telemetry steps, ``collector.flush()``: the one place that copies the
-pending rows to the host.
+pending steps' statistics to the host.
 
 The rooms:
 
-* ``collector``: ``TelemetryCollector``, the calls above; each step's statistics go into
-  a preallocated float64 ``(L, len(STAT_NAMES))`` row, written in place by column name
-  (``layout.StepRow``), and the pending rows reach the host in one copy per flush.
+* ``collector``: ``TelemetryCollector``, the calls above. A telemetry step only runs
+  the reductions, while the tensors are in cache, and keeps their per-layer totals on
+  the device; the flush turns the totals of every pending step into statistics in one
+  batched pass (a float64 ``(steps, L, len(STAT_NAMES))`` ``layout.StatTable`` written
+  column by column, by name) and copies them to the host at once.
 * ``gradients``: two paths to the same ``LayerTotals`` (per-layer Σg, Σg², Σw², non-zero
   count, max |g| bits, Inf and NaN counts), chosen by ``TelemetryCollector(...,
   gradient_path=)``. ``"per_parameter"`` (the ``"auto"`` choice on a CPU when parameters
@@ -35,10 +37,10 @@ The rooms:
   kernel launches). Both count saturation with one function, ``live_per_unit_``: per
   unit (feature or channel) the outputs not at the activation's bound, from which
   ``act_saturation = 1 - live / n`` and ``act_dead_frac`` (units with no live output in
-  the whole batch) follow in one vectorized pass per step.
+  the whole batch) follow at the flush.
 * ``layout``: the flat ``(rows, ROW)`` layout (each layer's parameters padded to whole
   rows of ROW elements, so each row belongs to one layer; the zero padding counts in no
-  statistic) and the row's columns. ``reductions``: the float bit tricks (max |g| and
+  statistic) and the ``StatTable``. ``reductions``: the float bit tricks (max |g| and
   non-zero counts on ``x.view(int32) & 0x7fffffff``), sums and norms into slots.
   ``histograms``: gradient histograms on the device.
 
@@ -46,7 +48,7 @@ Conventions: ``grad_std`` is the population std (divides by n, i.e. ``correction
 computed as ``sqrt(E[g²] - E[g]²)`` from float64 layer totals; ``act_std`` and
 ``preact_std`` are population stds too. ``inf_count`` counts ±Inf, ``nan_count`` NaN; a
 layer with a NaN gradient has NaN ``grad_norm``/``grad_mean``/``grad_std``/``grad_abs_max``
-and its row is kept. ``grad_zero_frac`` counts exact zeros (NaN is not zero). On a CPU,
+and its statistics are kept. ``grad_zero_frac`` counts exact zeros (NaN is not zero). On a CPU,
 NaN/Inf are counted only when some max |g| is non-finite (reading that flag costs
 nothing there; NaN/Inf are rare); on a GPU they are always counted (no host sync).
 ``act_saturation``: the fraction of outputs at the activation's bound (ReLU exactly 0,

@@ -8,8 +8,9 @@
   stash the tensors; after the forward, every group of same-shaped ones is stacked and
   reduced at once.
 
-Both fill ``ActivationSlots``; ``ActivationSlots.write_columns`` turns them into the
-step's activation columns in one vectorized pass.
+Both fill ``ActivationSlots``; each step's numbers are kept as they are
+(``ActivationSlots.take_step``), and at the flush ``write_activation_columns`` turns
+those of every pending step into the activation statistics in one batched pass.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Literal, Protocol
 
 import torch
 from torch import nn
+from torch.nn import functional
 
-from worker.engine.layer_stats.layout import Layer, StepRow
+from worker.engine.events import ACT_STATS
+from worker.engine.layer_stats.layout import Layer, StatTable
 from worker.engine.layer_stats.reductions import (
     SaturationKind,
     live_per_unit_,
@@ -86,7 +89,7 @@ class ActivationSlots:
         self._live_rows: dict[tuple[int, int], torch.Tensor] = {}
         self.n = ([1] * n_layers, [1] * n_layers)  # elements of POST and PRE, per layer
         self.units = [0] * n_layers  # 0: no live counts written this step
-        self.recorded = False  # activation_capture() ran since the last write_columns()
+        self.recorded = False  # activation_capture() ran since the last take_step()
         self._size_cache: dict[tuple[int, ...], _Sizes] = {}
 
     def live_row(self, index: int, units: int) -> torch.Tensor:
@@ -118,33 +121,17 @@ class ActivationSlots:
         self.live = wider
         self._live_rows.clear()
 
-    def write_columns(self, row: StepRow) -> None:
-        """The activation columns of a step's row from the slots, which are then reset."""
-        if not self.recorded:  # a step without activation_capture() records none
-            row.activations.fill_(math.nan)
-            return
-        sizes = self._sizes()
-        column = row.column
-        totals = self._totals.double()
-        for which, mean_name, std_name in _MEAN_AND_STD:
-            # Population mean and std, sqrt(E[x²] - E[x]²), from a sum and an L2 norm.
-            n = sizes.elements[which]
-            mean = torch.div(totals[which, _SUM], n, out=column[mean_name])
-            mean_sq = totals[which, _NORM].square_().div_(n)
-            var = torch.addcmul(mean_sq, mean, mean, value=-1.0, out=column[std_name])
-            var.clamp_min_(0.0).sqrt_()
-        # Unit columns no hook wrote hold _NO_UNIT (< 0): neither live nor dead.
-        live = self.live.clamp_min(0).sum(dim=1)  # int64, exact
-        dead = (self.live == 0).sum(dim=1)
-        # act_saturation = 1 - live / n and act_dead_frac = dead / units, over the sizes
-        # of bounded layers: NaN where a layer has no bounded activation.
-        saturation = column["act_saturation"]
-        torch.addcdiv(sizes.ones, live, sizes.bounded_outputs, value=-1.0, out=saturation)
-        torch.div(dead, sizes.bounded_units, out=column["act_dead_frac"])
+    def take_step(self) -> RawActivations | None:
+        """This step's numbers, and the slots reset for the next step; None when the step
+        recorded no activations (no activation_capture())."""
+        if not self.recorded:
+            return None
+        raw = RawActivations(self._totals.clone(), self.live.clone(), self._sizes())
         self._totals.fill_(math.nan)
         self.live.fill_(_NO_UNIT)
         self.units = [0] * len(self.units)
         self.recorded = False
+        return raw
 
     def _sizes(self) -> _Sizes:
         # Cached: each size is a host-to-device copy, and sizes rarely change.
@@ -160,7 +147,6 @@ class ActivationSlots:
                 elements=torch.tensor(self.n, dtype=f64, device=device),
                 bounded_outputs=torch.tensor(outputs, dtype=f64, device=device),
                 bounded_units=torch.tensor(units, dtype=f64, device=device),
-                ones=torch.ones(len(post), dtype=f64, device=device),
             )
         return cached
 
@@ -173,10 +159,63 @@ class _Sizes:
     elements: torch.Tensor  # (2, L)
     bounded_outputs: torch.Tensor  # (L,)
     bounded_units: torch.Tensor  # (L,)
-    ones: torch.Tensor  # (L,)
+
+
+@dataclass(frozen=True)
+class RawActivations:
+    """What one step's hooks left in the ActivationSlots, kept until the flush."""
+
+    totals: torch.Tensor  # float32 (2, 2, L): [POST or PRE, _SUM or _NORM, layer]
+    live: torch.Tensor  # int32 (L, units): live outputs per unit, _NO_UNIT where none
+    sizes: _Sizes
 
 
 _MEAN_AND_STD = ((POST, "act_mean", "act_std"), (PRE, "preact_mean", "preact_std"))
+
+
+def write_activation_columns(table: StatTable, steps: Sequence[RawActivations | None]) -> None:
+    """The ACT_STATS columns of the table from each step's raw numbers (None: the step
+    recorded no activations, all NaN), in one batched pass."""
+    column = table.column
+    recorded = [raw for raw in steps if raw is not None]
+    if not recorded:
+        for name in ACT_STATS:
+            column[name].fill_(math.nan)
+        return
+    blank = _blank(recorded[0])
+    raws = [blank if raw is None else raw for raw in steps]
+    totals = torch.stack([raw.totals for raw in raws]).double()  # (k, 2, 2, L)
+    elements = torch.stack([raw.sizes.elements for raw in raws])  # (k, 2, L)
+    for which, mean_name, std_name in _MEAN_AND_STD:
+        # Population mean and std, sqrt(E[x²] - E[x]²), from a sum and an L2 norm.
+        n = elements[:, which]
+        mean = torch.div(totals[:, which, _SUM], n, out=column[mean_name])
+        mean_sq = totals[:, which, _NORM].square_().div_(n)
+        var = torch.addcmul(mean_sq, mean, mean, value=-1.0, out=column[std_name])
+        var.clamp_min_(0.0).sqrt_()
+    width = max(raw.live.shape[1] for raw in raws)  # the live buffer may have grown
+    live = torch.stack([_widen(raw.live, width) for raw in raws])  # (k, L, units)
+    # Unit columns no hook wrote hold _NO_UNIT (< 0): neither live nor dead.
+    live_outputs = live.clamp_min(0).sum(dim=2)  # int64, exact
+    dead_units = (live == 0).sum(dim=2)
+    # Over the sizes of bounded layers: NaN where a layer has no bounded activation.
+    outputs = torch.stack([raw.sizes.bounded_outputs for raw in raws])
+    units = torch.stack([raw.sizes.bounded_units for raw in raws])
+    column["act_saturation"].copy_(1.0 - live_outputs / outputs)
+    torch.div(dead_units, units, out=column["act_dead_frac"])
+
+
+def _blank(like: RawActivations) -> RawActivations:
+    """A stand-in for a step without activations: every statistic comes out NaN."""
+    nan = torch.full_like(like.sizes.bounded_units, math.nan)
+    sizes = _Sizes(torch.full_like(like.sizes.elements, math.nan), nan, nan)
+    return RawActivations(torch.full_like(like.totals, math.nan), like.live[:, :0], sizes)
+
+
+def _widen(live: torch.Tensor, width: int) -> torch.Tensor:
+    if live.shape[1] == width:
+        return live
+    return functional.pad(live, (0, width - live.shape[1]), value=_NO_UNIT)
 
 
 class InHookActivations:
@@ -308,6 +347,8 @@ __all__ = [
     "ActivationRecorder",
     "ActivationSlots",
     "InHookActivations",
+    "RawActivations",
     "StashedActivations",
     "choose_activation_path",
+    "write_activation_columns",
 ]

@@ -1,4 +1,4 @@
-"""The telemetry collector: one ``(L, len(STAT_NAMES))`` row per telemetry step."""
+"""The telemetry collector: per-layer statistics of telemetry steps, one host copy per flush."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from worker.engine.layer_stats.activations import (
     ActivationRecorder,
     ActivationSlots,
     InHookActivations,
+    RawActivations,
     StashedActivations,
     choose_activation_path,
+    write_activation_columns,
 )
 from worker.engine.layer_stats.gradients import (
     GradientPath,
@@ -27,29 +29,35 @@ from worker.engine.layer_stats.gradients import (
     PerParameterGradients,
     WeightSnapshot,
     choose_gradient_path,
+    write_gradient_columns,
 )
 from worker.engine.layer_stats.histograms import GradientHistograms
-from worker.engine.layer_stats.layout import Layer, StepRow, plan_layout
+from worker.engine.layer_stats.layout import Layer, StatTable, plan_layout
 
 N_STATS = len(STAT_NAMES)
 
 
 @dataclass
-class _OpenStep:
-    """The step between capture_gradients and capture_update."""
+class _PendingStep:
+    """A captured step's device numbers, turned into statistics at the flush."""
 
-    row: StepRow  # update_ratio and the activation columns not written yet
-    histograms: torch.Tensor | None
     step: int
     epoch: int
+    totals: LayerTotals
+    histograms: torch.Tensor | None
+    update: torch.Tensor | None = None  # (L,) ‖w_after - w_before‖, once captured
+    activations: RawActivations | None = None
 
 
 class TelemetryCollector:
-    """Collects one (L, len(STAT_NAMES)) row per telemetry step, on the device.
+    """Collects per-layer statistics of telemetry steps on the device.
 
-    ``gradient_path`` and ``activation_path`` pick how the statistics are computed (the
-    values are the same either way); ``"auto"`` picks what is fastest on the device:
-    ``choose_gradient_path`` and ``choose_activation_path`` say how."""
+    Each step's reductions run at once, while the tensors are in cache; turning them
+    into statistics waits for the flush, batched over every pending step, right before
+    the one host copy. ``gradient_path`` and ``activation_path`` pick how the
+    reductions run (the values are the same either way); ``"auto"`` picks what is
+    fastest on the device: ``choose_gradient_path`` and ``choose_activation_path`` say
+    how."""
 
     def __init__(
         self,
@@ -100,11 +108,8 @@ class TelemetryCollector:
             else StashedActivations(self._slots, self.layers)
         )
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        # Pending, finished rows (device tensors) and their host-side labels.
-        self._rows: list[torch.Tensor] = []
-        self._steps: list[int] = []
-        self._epochs: list[int] = []
-        self._open: _OpenStep | None = None
+        self._pending: list[_PendingStep] = []
+        self._open: _PendingStep | None = None  # between capture_gradients and _update
 
     def _check_activation_modules(self) -> None:
         seen: set[int] = set()
@@ -120,7 +125,7 @@ class TelemetryCollector:
     @property
     def pending(self) -> int:
         """Telemetry steps captured and not yet flushed (an open step counts)."""
-        return len(self._rows) + (self._open is not None)
+        return len(self._pending) + (self._open is not None)
 
     # -- activations --
 
@@ -163,16 +168,14 @@ class TelemetryCollector:
         """Gradient statistics and a weight snapshot; call after backward (and after
         ``GradScaler.unscale_``), before ``optimizer.step()``."""
         if self._open is not None:
-            self._close_open(updated=False)
+            self._close_open()  # the previous step's update was never captured
         params = self._layout.params
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         totals = self._gradient_totals(grads)
-        row = StepRow(self.n_layers, self.device)
-        totals.write_columns(row, self._layout.numel)
         histograms = None
         if self._histograms is not None:
             histograms = self._histograms.counts(self._matrix_path().signed)
-        self._open = _OpenStep(row, histograms, step, epoch)
+        self._open = _PendingStep(step, epoch, totals, histograms)
 
     def _gradient_totals(self, grads: list[torch.Tensor]) -> LayerTotals:
         per_parameter = self._per_parameter
@@ -190,62 +193,66 @@ class TelemetryCollector:
     @torch.no_grad()
     def capture_update(self) -> None:
         """``update_ratio = ‖w_after - w_before‖ / ‖w_before‖``; call after
-        ``optimizer.step()``. Completes the step's row."""
+        ``optimizer.step()``. Completes the step."""
         if self._open is None:
             raise RuntimeError("capture_update() without capture_gradients()")
-        column = self._open.row.column
-        delta = self._snapshot.update_norms(self.n_layers)
-        torch.div(delta, column["weight_norm"], out=column["update_ratio"])
-        self._close_open(updated=True)
+        self._open.update = self._snapshot.update_norms(self.n_layers)
+        self._close_open()
 
-    def _close_open(self, *, updated: bool) -> None:
+    def _close_open(self) -> None:
         assert self._open is not None
         opened, self._open = self._open, None
-        if not updated:  # the step's update was never captured
-            opened.row.column["update_ratio"].fill_(math.nan)
-        self._slots.write_columns(opened.row)
-        flat = opened.row.values.view(-1)
-        if opened.histograms is not None:
-            flat = torch.cat((flat, opened.histograms))
-        self._rows.append(flat)
-        self._steps.append(opened.step)
-        self._epochs.append(opened.epoch)
+        opened.activations = self._slots.take_step()
+        self._pending.append(opened)
 
-    # -- host transfer --
+    # -- statistics and host transfer --
 
+    @torch.no_grad()
     def flush(self) -> LayerStatsBatch | None:
-        """All pending rows in ONE device-to-host copy; None when nothing is pending."""
+        """Every pending step's statistics, in ONE device-to-host copy; None when
+        nothing is pending. A step whose update was not captured gets NaN update_ratio."""
         if self._open is not None:
-            self._close_open(updated=False)
-        if not self._rows:
+            self._close_open()
+        if not self._pending:
             return None
-        packed = torch.stack(self._rows).cpu().numpy()  # host-device sync point
-        steps, epochs = self._steps, self._epochs
-        self._rows, self._steps, self._epochs = [], [], []
+        pending, self._pending = self._pending, []
+        table = StatTable(len(pending), self.n_layers, self.device)
+        write_gradient_columns(table, [p.totals for p in pending], self._layout.numel)
+        no_update = torch.full((self.n_layers,), math.nan, dtype=torch.float64, device=self.device)
+        delta = torch.stack([no_update if p.update is None else p.update for p in pending])
+        column = table.column
+        torch.div(delta, column["weight_norm"], out=column["update_ratio"])
+        write_activation_columns(table, [p.activations for p in pending])
+        packed = table.values.view(len(pending), -1)
+        if self.bins > 0:
+            histograms = [p.histograms for p in pending if p.histograms is not None]
+            packed = torch.cat((packed, torch.stack(histograms)), dim=1)
+        host = packed.cpu().numpy()  # host-device sync point: the flush's one copy
+        steps = [p.step for p in pending]
         n_layers, width = self.n_layers, self.n_layers * N_STATS
-        values = packed[:, :width].reshape(len(steps), n_layers, N_STATS).astype(np.float64)
-        histograms: list[Histogram] = []
+        values = host[:, :width].reshape(len(steps), n_layers, N_STATS).astype(np.float64)
+        histograms_out: list[Histogram] = []
         if self.bins > 0:
             nb = n_layers * self.bins
             for i, step in enumerate(steps):
-                counts = packed[i, width : width + nb].reshape(n_layers, self.bins)
-                lo = packed[i, width + nb : width + nb + n_layers]
-                hi = packed[i, width + nb + n_layers : width + nb + 2 * n_layers]
-                histograms.extend(
+                counts = host[i, width : width + nb].reshape(n_layers, self.bins)
+                lo = host[i, width + nb : width + nb + n_layers]
+                hi = host[i, width + nb + n_layers : width + nb + 2 * n_layers]
+                histograms_out.extend(
                     Histogram(j, step, float(lo[j]), float(hi[j]), counts[j].astype(int).tolist())
                     for j in range(n_layers)
                 )
         return LayerStatsBatch(
             steps=np.asarray(steps, dtype=np.int64),
-            epochs=np.asarray(epochs, dtype=np.int64),
+            epochs=np.asarray([p.epoch for p in pending], dtype=np.int64),
             values=values,
-            histograms=histograms,
+            histograms=histograms_out,
         )
 
     def close(self) -> None:
-        """Remove any hooks; pending rows are dropped (flush first to keep them)."""
+        """Remove any hooks; pending steps are dropped (flush first to keep them)."""
         self._remove_hooks()
-        self._rows.clear()
+        self._pending.clear()
         self._open = None
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from worker.engine.layer_stats.layout import ROW, FlatLayout, StepRow
+from worker.engine.layer_stats.layout import ROW, FlatLayout, StatTable
 from worker.engine.layer_stats.reductions import ABS_MASK, INF_BITS
 
 GradientPath = Literal["per_parameter", "matrix"]
@@ -63,24 +63,30 @@ class LayerTotals:
     inf: torch.Tensor | None
     nan: torch.Tensor | None
 
-    def write_columns(self, row: StepRow, numel: torch.Tensor) -> None:
-        """The gradient and weight columns of a step's row (not update_ratio: that
-        needs the weights after the step). ``numel``: (L,) float64 elements per layer."""
-        column = row.column
-        torch.sqrt(self.grad_sumsq, out=column["grad_norm"])
-        mean = torch.div(self.grad_sum, numel, out=column["grad_mean"])
-        # Population std, sqrt(E[g²] - E[g]²), from float64 totals.
-        mean_sq = self.grad_sumsq / numel
-        var = torch.addcmul(mean_sq, mean, mean, value=-1.0, out=column["grad_std"])
-        var.clamp_min_(0.0).sqrt_()
-        column["grad_abs_max"].copy_(self.abs_max_bits.view(torch.float32))
-        torch.div(numel - self.nonzero, numel, out=column["grad_zero_frac"])
-        torch.sqrt(self.weight_sumsq, out=column["weight_norm"])
-        for name, count in (("inf_count", self.inf), ("nan_count", self.nan)):
-            if count is None:
-                column[name].zero_()
-            else:
-                column[name].copy_(count)
+
+def write_gradient_columns(
+    table: StatTable, steps: Sequence[LayerTotals], numel: torch.Tensor
+) -> None:
+    """The gradient and weight columns of the table (all but update_ratio), from each
+    step's totals, in one batched pass. ``numel``: (L,) float64 elements per layer."""
+    column = table.column
+    grad_sum = torch.stack([t.grad_sum for t in steps])
+    grad_sumsq = torch.stack([t.grad_sumsq for t in steps])
+    torch.sqrt(grad_sumsq, out=column["grad_norm"])
+    mean = torch.div(grad_sum, numel, out=column["grad_mean"])
+    # Population std, sqrt(E[g²] - E[g]²), from float64 totals.
+    var = torch.addcmul(grad_sumsq / numel, mean, mean, value=-1.0, out=column["grad_std"])
+    var.clamp_min_(0.0).sqrt_()
+    abs_max_bits = torch.stack([t.abs_max_bits for t in steps])
+    column["grad_abs_max"].copy_(abs_max_bits.view(torch.float32))
+    nonzero = torch.stack([t.nonzero for t in steps])
+    torch.div(numel - nonzero, numel, out=column["grad_zero_frac"])
+    torch.sqrt(torch.stack([t.weight_sumsq for t in steps]), out=column["weight_norm"])
+    none = torch.zeros_like(grad_sum[0])  # not counted: there were none
+    infs = [none if t.inf is None else t.inf for t in steps]
+    nans = [none if t.nan is None else t.nan for t in steps]
+    column["inf_count"].copy_(torch.stack(infs))
+    column["nan_count"].copy_(torch.stack(nans))
 
 
 def count_nonfinite(abs_max_bits: torch.Tensor) -> bool:
@@ -254,4 +260,5 @@ __all__ = [
     "WeightSnapshot",
     "choose_gradient_path",
     "count_nonfinite",
+    "write_gradient_columns",
 ]

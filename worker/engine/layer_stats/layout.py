@@ -1,5 +1,5 @@
-"""Where the collector keeps a step's numbers: the flat parameter layout, and a step's
-``(L, len(STAT_NAMES))`` row with its columns by name."""
+"""Where the collector keeps its numbers: the flat parameter layout, and the table of
+statistics a flush fills, column by column, by name."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from worker.engine.events import ACT_STATS, GRAD_STATS, STAT_NAMES, LayerInfo
+from worker.engine.events import STAT_NAMES, LayerInfo
 from worker.engine.layer_stats.reductions import SaturationKind
 
 # Elements per row of the flat statistics matrix: long enough for efficient row
 # reductions, short enough that padding every layer to whole rows wastes little.
 ROW = 512
-
-# The activation statistics are the row's last columns, in ACT_STATS order.
-assert STAT_NAMES == GRAD_STATS + ACT_STATS
 
 
 class Layer(Protocol):
@@ -34,15 +31,15 @@ class Layer(Protocol):
     def saturation(self) -> SaturationKind: ...
 
 
-class StepRow:
-    """One telemetry step's float64 ``(L, len(STAT_NAMES))`` row on the device, written
-    in place (never concatenated): ``column[name]`` is statistic ``name``'s (L,) view,
-    ``activations`` the block of the ACT_STATS columns, in that order."""
+class StatTable:
+    """The statistics of ``steps`` telemetry steps: a float64 ``(steps, L,
+    len(STAT_NAMES))`` tensor on the device, filled in place (``column[name]`` is
+    statistic ``name``'s ``(steps, L)`` view) and copied to the host in one piece."""
 
-    def __init__(self, n_layers: int, device: torch.device) -> None:
-        self.values = torch.empty((n_layers, len(STAT_NAMES)), dtype=torch.float64, device=device)
-        self.column = dict(zip(STAT_NAMES, self.values.unbind(1), strict=True))
-        self.activations = self.values[:, len(GRAD_STATS) :]
+    def __init__(self, steps: int, n_layers: int, device: torch.device) -> None:
+        shape = (steps, n_layers, len(STAT_NAMES))
+        self.values = torch.empty(shape, dtype=torch.float64, device=device)
+        self.column = dict(zip(STAT_NAMES, self.values.unbind(2), strict=True))
 
 
 @dataclass(frozen=True)
@@ -108,4 +105,4 @@ def plan_layout(layers: Sequence[Layer], device: torch.device, *, need_valid: bo
     )
 
 
-__all__ = ["ROW", "FlatLayout", "Layer", "StepRow", "plan_layout"]
+__all__ = ["ROW", "FlatLayout", "Layer", "StatTable", "plan_layout"]
