@@ -109,7 +109,7 @@ class TelemetryCollector:
         )
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._pending: list[_PendingStep] = []
-        self._open: _PendingStep | None = None  # between capture_gradients and _update
+        self._open: _PendingStep | None = None  # from capture_gradients to capture_update
 
     def _check_activation_modules(self) -> None:
         seen: set[int] = set()
