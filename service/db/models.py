@@ -52,6 +52,7 @@ LAYER_STAT_COLUMNS: tuple[str, ...] = (
     "act_saturation",
     "preact_mean",
     "preact_std",
+    "act_dead_frac",
 )
 
 
@@ -173,6 +174,8 @@ class LayerStat(Base):
     act_saturation: Mapped[float | None] = mapped_column(Double)
     preact_mean: Mapped[float | None] = mapped_column(Double)
     preact_std: Mapped[float | None] = mapped_column(Double)
+    # Fraction of units (features or channels) dead for every example of the batch.
+    act_dead_frac: Mapped[float | None] = mapped_column(Double)
 
 
 class LayerHistogram(Base):

@@ -181,12 +181,23 @@ def _slice_of(cache_dir: Path, *, skip: bool, seed: int) -> dict[str, Any]:
     return landscape
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+# Measured on seeds 0-19 (torch 2.13, numpy 2.4): sharpness 1.9-14 vs 0.001-0.004, at
+# least 550x on every seed; roughness 0.024-0.035 vs 0.018-0.025 (a parabola: 0.020),
+# plain rougher on every seed but only by 1.12-1.74x, so one seed's roughness ratio is
+# noise (the former per-seed 1.15 bound failed seeds 1 and 10). The ratio of the medians
+# over five seeds was >= 1.22 for each of the 15504 choices of 5 seeds among those 20.
+LESSON_SEEDS = range(5)
+
+
 def test_deep_plain_net_has_a_sharper_rougher_slice_than_its_residual_twin(
-    mnist1d_cache: Path, seed: int
+    mnist1d_cache: Path,
 ) -> None:
-    plain = _slice_of(mnist1d_cache, skip=False, seed=seed)
-    residual = _slice_of(mnist1d_cache, skip=True, seed=seed)
-    # Measured: sharpness ~2-4 vs ~0.002, roughness ~0.03 vs ~0.02 (a parabola's 0.02).
-    assert plain["sharpness"] > 100 * max(residual["sharpness"], 1e-6)
-    assert plain["roughness"] > 1.15 * residual["roughness"]
+    plain = [_slice_of(mnist1d_cache, skip=False, seed=seed) for seed in LESSON_SEEDS]
+    residual = [_slice_of(mnist1d_cache, skip=True, seed=seed) for seed in LESSON_SEEDS]
+    for p, r in zip(plain, residual, strict=True):
+        assert p["sharpness"] > 100 * max(r["sharpness"], 1e-6)
+    rougher = [p["roughness"] > r["roughness"] for p, r in zip(plain, residual, strict=True)]
+    assert sum(rougher) >= 4, rougher
+    plain_roughness = float(np.median([p["roughness"] for p in plain]))
+    residual_roughness = float(np.median([r["roughness"] for r in residual]))
+    assert plain_roughness > 1.15 * residual_roughness

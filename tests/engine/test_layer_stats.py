@@ -19,9 +19,17 @@ import torch
 from torch import nn
 
 from service.vocabulary import LayerKind
-from worker.engine import layer_stats
-from worker.engine.events import STAT_NAMES, LayerInfo, LayerStatsBatch
-from worker.engine.layer_stats import ROW, SaturationKind, TelemetryCollector
+from worker.engine.events import ACT_STATS, STAT_NAMES, LayerInfo, LayerStatsBatch
+from worker.engine.layer_stats import (
+    PER_PARAM_MIN_NUMEL,
+    ROW,
+    ActivationPath,
+    GradientPath,
+    SaturationKind,
+    TelemetryCollector,
+    choose_activation_path,
+    choose_gradient_path,
+)
 
 COL = {name: i for i, name in enumerate(STAT_NAMES)}
 
@@ -32,20 +40,19 @@ def _one_thread() -> None:
 
 
 @pytest.fixture(params=["per_parameter", "matrix"])
-def grad_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both gradient paths: per parameter (big float32 parameters on a CPU; forced here
-    on tiny models) and the flat (rows, ROW) matrix."""
-    threshold = 1 if request.param == "per_parameter" else 1 << 40
-    monkeypatch.setattr(layer_stats, "PER_PARAM_MIN_NUMEL", threshold)
-    return str(request.param)
+def grad_path(request: pytest.FixtureRequest) -> GradientPath:
+    """Both gradient paths: per parameter ("auto" on a CPU for big float32 parameters;
+    forced here on tiny models) and the flat (rows, ROW) matrix."""
+    path: GradientPath = request.param
+    return path
 
 
-@pytest.fixture(params=["hooks", "stash"])
-def act_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Both activation paths: reduced in the hooks (CPU) and stashed, then reduced per
-    group of same-sized tensors (GPU)."""
-    monkeypatch.setattr(layer_stats, "STASH_ACTIVATIONS_ON_CPU", request.param == "stash")
-    return str(request.param)
+@pytest.fixture(params=["in_hook", "stash"])
+def act_path(request: pytest.FixtureRequest) -> ActivationPath:
+    """Both activation paths: reduced in the hooks ("auto" on a CPU) and stashed, then
+    reduced per group of same-shaped tensors ("auto" on a GPU; forced here on a CPU)."""
+    path: ActivationPath = request.param
+    return path
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,22 +121,38 @@ def reference_grad_stats(module: nn.Module) -> dict[str, float]:
     }
 
 
+def reference_at_bound(post: torch.Tensor, sat: str) -> torch.Tensor | None:
+    """Which outputs sit at the activation's bound (None: the activation has none)."""
+    if sat == "sigmoid":
+        return (post <= 1e-2) | (post >= 1 - 1e-2)
+    if sat == "tanh":
+        return post.abs() >= 1 - 1e-2
+    if sat == "relu":
+        return post == 0
+    return None
+
+
+def reference_dead_frac(post: torch.Tensor, sat: str) -> float:
+    """Fraction of units (dimension 1: features or channels) at the bound for every
+    example and position, one unit at a time."""
+    at_bound = reference_at_bound(post, sat)
+    if at_bound is None:
+        return math.nan
+    units = post.shape[1]
+    dead = [bool(at_bound[:, unit].all()) for unit in range(units)]
+    return sum(dead) / units
+
+
 def reference_act_stats(pre: torch.Tensor, post: torch.Tensor, sat: str) -> dict[str, float]:
     pre, post = pre.double(), post.double()
-    if sat == "sigmoid":
-        saturation = ((post <= 1e-2) | (post >= 1 - 1e-2)).double().mean().item()
-    elif sat == "tanh":
-        saturation = (post.abs() >= 1 - 1e-2).double().mean().item()
-    elif sat == "relu":
-        saturation = (post == 0).double().mean().item()
-    else:
-        saturation = math.nan
+    at_bound = reference_at_bound(post, sat)
     return {
         "act_mean": post.mean().item(),
         "act_std": post.std(correction=0).item(),
-        "act_saturation": saturation,
+        "act_saturation": math.nan if at_bound is None else at_bound.double().mean().item(),
         "preact_mean": pre.mean().item(),
         "preact_std": pre.std(correction=0).item(),
+        "act_dead_frac": reference_dead_frac(post, sat),
     }
 
 
@@ -180,12 +203,14 @@ def _batch(seed: int = 0, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_every_statistic_matches_reference_over_sgd_steps(
-    kind: str, grad_path: str, act_path: str
+    kind: str, grad_path: GradientPath, act_path: ActivationPath
 ) -> None:
     torch.manual_seed(0)
     model, layers = MODELS[kind]()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    collector = TelemetryCollector(layers, activations=True)
+    collector = TelemetryCollector(
+        layers, activations=True, gradient_path=grad_path, activation_path=act_path
+    )
     seen, remove = _record_activations(layers)
     expected_rows = []
     for step in range(1, 4):
@@ -208,12 +233,7 @@ def test_every_statistic_matches_reference_over_sgd_steps(
                 pre, post = seen[layer.info.index]
                 ref.update(reference_act_stats(pre, post, layer.saturation))
             else:
-                ref.update(
-                    dict.fromkeys(
-                        ("act_mean", "act_std", "act_saturation", "preact_mean", "preact_std"),
-                        math.nan,
-                    )
-                )
+                ref.update(dict.fromkeys(ACT_STATS, math.nan))
         expected_rows.append(refs)
     remove()
     assert collector.pending == 3
@@ -228,14 +248,14 @@ def test_every_statistic_matches_reference_over_sgd_steps(
     collector.close()
 
 
-def test_saturated_sigmoid_and_dead_relu_fractions(act_path: str) -> None:
+def test_saturated_sigmoid_and_dead_relu_fractions(act_path: ActivationPath) -> None:
     torch.manual_seed(0)
     for kind in ("sigmoid", "relu"):
         model, layers = MODELS[kind]()
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(30.0)  # large weights push sigmoid units to 0/1 and kill ReLUs
-        collector = TelemetryCollector(layers, activations=True)
+        collector = TelemetryCollector(layers, activations=True, activation_path=act_path)
         seen, remove = _record_activations(layers)
         x, y = _batch()
         with collector.activation_capture():
@@ -253,10 +273,10 @@ def test_saturated_sigmoid_and_dead_relu_fractions(act_path: str) -> None:
             assert batch.values[0, index, COL["act_saturation"]] == pytest.approx(want, abs=1e-6)
 
 
-def test_nan_and_inf_gradients_are_counted_and_rows_kept(grad_path: str) -> None:
+def test_nan_and_inf_gradients_are_counted_and_rows_kept(grad_path: GradientPath) -> None:
     torch.manual_seed(0)
     model, layers = MODELS["relu"]()
-    collector = TelemetryCollector(layers, activations=False)
+    collector = TelemetryCollector(layers, activations=False, gradient_path=grad_path)
     x, y = _batch()
     torch.autograd.backward(nn.functional.cross_entropy(model(x), y))
     l0, l1 = layers[0].module, layers[1].module
@@ -282,9 +302,9 @@ def test_nan_and_inf_gradients_are_counted_and_rows_kept(grad_path: str) -> None
     assert np.isnan(row[:, COL["act_mean"] :]).all()
 
 
-def test_missing_grad_counts_as_zero_and_unfinished_update_is_nan(grad_path: str) -> None:
+def test_missing_grad_counts_as_zero_and_unfinished_update_is_nan(grad_path: GradientPath) -> None:
     _, layers = MODELS["relu"]()
-    collector = TelemetryCollector(layers, activations=True)
+    collector = TelemetryCollector(layers, activations=True, gradient_path=grad_path)
     collector.capture_gradients(step=1, epoch=1)  # no backward: every grad is None
     batch = collector.flush()  # flushed before capture_update()
     assert batch is not None
@@ -323,11 +343,16 @@ def test_histograms_match_histc_and_count_every_entry(bins: int) -> None:
         assert sum(abs(a - b) for a, b in zip(h.counts, want, strict=True)) <= 2
 
 
-def test_bf16_parameters_are_reduced_in_float32(act_path: str) -> None:
+def test_bf16_parameters_are_reduced_in_float32(
+    grad_path: GradientPath, act_path: ActivationPath
+) -> None:
+    """bf16 gradients take the matrix path even where the per-parameter one is chosen."""
     torch.manual_seed(0)
     model, layers = MODELS["relu"]()
     model.to(torch.bfloat16)
-    collector = TelemetryCollector(layers, activations=True)
+    collector = TelemetryCollector(
+        layers, activations=True, gradient_path=grad_path, activation_path=act_path
+    )
     x, y = _batch()
     seen, remove = _record_activations(layers)
     with collector.activation_capture():
@@ -399,10 +424,12 @@ def _one_step(
     return refs
 
 
-def test_inplace_activation_sees_its_input_before_it_is_overwritten(act_path: str) -> None:
+def test_inplace_activation_sees_its_input_before_it_is_overwritten(
+    act_path: ActivationPath,
+) -> None:
     torch.manual_seed(0)
     model, layers = mlp(lambda: nn.ReLU(inplace=True), "relu")
-    collector = TelemetryCollector(layers, activations=True)
+    collector = TelemetryCollector(layers, activations=True, activation_path=act_path)
     x, y = _batch()
     seen: dict[int, torch.Tensor] = {}
     handles = [
@@ -424,10 +451,14 @@ def test_inplace_activation_sees_its_input_before_it_is_overwritten(act_path: st
     _check_row(batch.values[0], layers, refs)
 
 
-def test_batch_size_change_and_step_without_capture(grad_path: str, act_path: str) -> None:
+def test_batch_size_change_and_step_without_capture(
+    grad_path: GradientPath, act_path: ActivationPath
+) -> None:
     torch.manual_seed(0)
     model, layers = MODELS["relu"]()
-    collector = TelemetryCollector(layers, activations=True)
+    collector = TelemetryCollector(
+        layers, activations=True, gradient_path=grad_path, activation_path=act_path
+    )
     rows = [
         _one_step(collector, model, layers, *_batch(1, n=32)),
         _one_step(collector, model, layers, *_batch(2, n=7)),  # a short last batch
@@ -441,18 +472,18 @@ def test_batch_size_change_and_step_without_capture(grad_path: str, act_path: st
     assert np.isnan(batch.values[2, :, COL["act_mean"] :]).all()
 
 
-def test_per_parameter_path_matches_the_matrix_path(grad_path: str) -> None:
+def test_per_parameter_path_matches_the_matrix_path(grad_path: GradientPath) -> None:
     """Histograms force the matrix path (as bf16/fp16 gradients do); statistics agree."""
     torch.manual_seed(0)
     model, layers = MODELS["tanh"]()
-    direct = TelemetryCollector(layers, activations=False)
+    direct = TelemetryCollector(layers, activations=False, gradient_path=grad_path)
     copied = TelemetryCollector(layers, activations=False, histogram_bins=4)
     x, y = _batch()
     torch.autograd.backward(nn.functional.cross_entropy(model(x), y))
     l1 = layers[1].module
     assert isinstance(l1, nn.Linear) and l1.weight.grad is not None
     l1.weight.grad[0, :4] = torch.tensor([math.nan, math.inf, -math.inf, 0.0])
-    assert direct._per_param == (grad_path == "per_parameter") and not copied._per_param
+    assert direct.gradient_path == grad_path and copied.gradient_path == "matrix"
     for collector in (direct, copied):
         collector.capture_gradients(step=1, epoch=1)
     a, b = direct.flush(), copied.flush()
@@ -460,3 +491,135 @@ def test_per_parameter_path_matches_the_matrix_path(grad_path: str) -> None:
     # atol: the output layer's mean gradient is ~0 (softmax gradients cancel).
     np.testing.assert_allclose(a.values, b.values, rtol=1e-6, atol=1e-9, equal_nan=True)
     assert a.values[0, 1, COL["nan_count"]] == 1 and a.values[0, 1, COL["inf_count"]] == 2
+
+
+# --- dead units: at the bound for every example (and position), not merely sparse ---------
+
+
+def _forward_row(
+    model: nn.Module, layers: list[Tracked], x: torch.Tensor, act_path: ActivationPath
+) -> tuple[np.ndarray, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """One recorded forward (no backward): the collector's row and the activations seen."""
+    collector = TelemetryCollector(layers, activations=True, activation_path=act_path)
+    seen, remove = _record_activations(layers)
+    with torch.no_grad(), collector.activation_capture():
+        model(x)
+    remove()
+    collector.capture_gradients(step=1, epoch=1)
+    batch = collector.flush()
+    assert batch is not None
+    return batch.values[0], seen
+
+
+@pytest.mark.parametrize("dead_units", [0, 2])
+def test_relu_units_are_dead_only_when_zero_for_every_example(
+    dead_units: int, act_path: ActivationPath
+) -> None:
+    """relu(x_j) is zero on about half the examples: sparse, not dead; a unit with zero
+    weights and a negative bias is zero on all of them: dead."""
+    linear, relu, output = nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(6))
+        linear.bias.zero_()
+        for unit in range(6 - dead_units, 6):
+            linear.weight[unit].zero_()
+            linear.bias[unit] = -1.0
+    layers = [_tracked(0, linear, relu, "relu"), _tracked(1, output, None, "none")]
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    row, seen = _forward_row(nn.Sequential(linear, relu, output), layers, x, act_path)
+    post = seen[0][1]
+    live_units = post[:, : 6 - dead_units]
+    assert (live_units == 0).any(dim=0).all() and (live_units != 0).any(dim=0).all()
+    assert 0.4 < (live_units == 0).double().mean() < 0.6  # sparse: about half zeros
+    assert row[0, COL["act_dead_frac"]] == dead_units / 6 == reference_dead_frac(post, "relu")
+    want = reference_act_stats(seen[0][0], post, "relu")["act_saturation"]
+    assert row[0, COL["act_saturation"]] == pytest.approx(want)
+    assert math.isnan(row[1, COL["act_dead_frac"]])  # the output layer has no activation
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_conv_channel_is_dead_only_when_zero_at_every_position(
+    dims: int, act_path: ActivationPath
+) -> None:
+    """Channel 0 is zero on the first half of the positions of every example and alive
+    on the rest; channel 1 the reverse; channel 2 is zero everywhere: 1 dead of 3."""
+    conv: nn.Conv1d | nn.Conv2d = nn.Conv1d(1, 3, 1) if dims == 1 else nn.Conv2d(1, 3, 1)
+    relu, output = nn.ReLU(), nn.Linear(3 * 36, 2)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0, 0.0]).view(3, 1, *[1] * dims))
+        assert conv.bias is not None
+        conv.bias.copy_(torch.tensor([0.0, 0.0, -1.0]))
+    layers = [_tracked(0, conv, relu, "relu"), _tracked(1, output, None, "none")]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 1, 36, generator=g) + 0.1
+    x[:, :, :18] *= -1  # negative first half, positive second half
+    x = x if dims == 1 else x.view(16, 1, 6, 6)
+    model = nn.Sequential(conv, relu, nn.Flatten(), output)
+    row, seen = _forward_row(model, layers, x, act_path)
+    post = seen[0][1]
+    assert post.dim() == 2 + dims and post.shape[1] == 3
+    assert row[0, COL["act_dead_frac"]] == 1 / 3 == reference_dead_frac(post, "relu")
+    assert row[0, COL["act_saturation"]] == pytest.approx(2 / 3)  # (18 + 18 + 36) / 108
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "tanh"])
+def test_sigmoid_and_tanh_units_are_dead_when_every_output_sits_at_a_bound(
+    kind: SaturationKind, act_path: ActivationPath
+) -> None:
+    """Unit 0 pinned at the upper bound, unit 1 at the lower, unit 2 at one bound or the
+    other depending on the example (no example passes it a gradient either: dead by the
+    documented definition), unit 3 in the middle range: 3 dead of 4."""
+    linear, output = nn.Linear(4, 4), nn.Linear(4, 2)
+    act: nn.Module = nn.Sigmoid() if kind == "sigmoid" else nn.Tanh()
+    with torch.no_grad():
+        linear.weight.copy_(torch.diag(torch.tensor([0.0, 0.0, 50.0, 0.5])))
+        linear.bias.copy_(torch.tensor([20.0, -20.0, 0.0, 0.0]))
+    layers = [_tracked(0, linear, act, kind), _tracked(1, output, None, "none")]
+    g = torch.Generator().manual_seed(0)
+    magnitude = torch.rand(64, 4, generator=g) + 0.5  # |x| >= 0.5: unit 2 always at a bound
+    sign = torch.randint(0, 2, (64, 4), generator=g) * 2 - 1
+    row, seen = _forward_row(nn.Sequential(linear, act, output), layers, magnitude * sign, act_path)
+    pre, post = seen[0]
+    assert row[0, COL["act_dead_frac"]] == 3 / 4 == reference_dead_frac(post, kind)
+    want = reference_act_stats(pre, post, kind)["act_saturation"]
+    assert row[0, COL["act_saturation"]] == pytest.approx(want)
+    assert 0.7 < want < 0.8  # unit 3 never saturates
+
+
+def test_unbounded_activation_has_no_dead_fraction(act_path: ActivationPath) -> None:
+    linear, leaky, output = nn.Linear(4, 4), nn.LeakyReLU(), nn.Linear(4, 2)
+    layers = [_tracked(0, linear, leaky, "none"), _tracked(1, output, None, "none")]
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    row, _ = _forward_row(nn.Sequential(linear, leaky, output), layers, x, act_path)
+    assert math.isfinite(row[0, COL["act_mean"]])
+    assert math.isnan(row[0, COL["act_saturation"]]) and math.isnan(row[0, COL["act_dead_frac"]])
+
+
+# --- which path "auto" picks ------------------------------------------------------------------
+
+
+def test_auto_paths_pick_by_device_parameter_size_and_histograms() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # no CUDA call: a device name
+    big, small = [PER_PARAM_MIN_NUMEL] * 3, [PER_PARAM_MIN_NUMEL * 3 - 1, 0, 0]
+
+    def grad(device: torch.device, sizes: list[int], bins: int = 0) -> str:
+        return choose_gradient_path("auto", device=device, sizes=sizes, histogram_bins=bins)
+
+    assert grad(cpu, big) == "per_parameter"
+    assert grad(cpu, small) == "matrix"  # the average decides, not the largest
+    assert grad(cpu, big, bins=8) == "matrix"  # histograms read the matrix
+    assert grad(gpu, big) == "matrix"
+    assert choose_activation_path("auto", device=cpu) == "in_hook"
+    assert choose_activation_path("auto", device=gpu) == "stash"
+    for path in ("per_parameter", "matrix"):
+        assert choose_gradient_path(path, device=gpu, sizes=small, histogram_bins=0) == path
+    with pytest.raises(ValueError, match="histograms need the matrix"):
+        choose_gradient_path("per_parameter", device=cpu, sizes=big, histogram_bins=8)
+
+
+def test_collector_defaults_to_the_auto_paths() -> None:
+    wide = nn.Linear(128, 128)  # 16512 parameters: above the per-parameter threshold
+    big = TelemetryCollector([_tracked(0, wide, None, "none")], activations=True)
+    assert big.gradient_path == "per_parameter" and big.activation_path == "in_hook"
+    _, layers = MODELS["relu"]()
+    assert TelemetryCollector(layers, activations=True).gradient_path == "matrix"

@@ -301,10 +301,23 @@ def test_reduced_precision_statistics_match_fp32(precision: str, rtol: float) ->
     assert low[:, COL["nan_count"]].sum() == 0 and low[:, COL["inf_count"]].sum() == 0
 
 
-def test_resolve_device() -> None:
+def test_resolve_device_auto_takes_cuda_exactly_when_this_machine_has_it() -> None:
+    expected = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    assert resolve_device("auto") == expected
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda")
-    if not torch.cuda.is_available():
+
+
+@pytest.mark.parametrize("has_cuda", [True, False])
+def test_resolve_device_follows_cuda_availability(
+    has_cuda: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the answer of is_available() is faked: torch.device("cuda") initialises nothing.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: has_cuda)
+    assert resolve_device("auto") == torch.device("cuda" if has_cuda else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if has_cuda:
+        assert resolve_device("cuda") == torch.device("cuda")
+    else:
         with pytest.raises(RuntimeError, match="no usable CUDA"):
             resolve_device("cuda")
 

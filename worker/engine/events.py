@@ -14,8 +14,10 @@ import numpy as np
 
 from service.vocabulary import LayerKind
 
-# Columns of LayerStatsBatch.values, in order. Activation columns are NaN where a layer
-# has no activation or activations are not recorded.
+# Columns of LayerStatsBatch.values, in order; consumers address them by name, and the
+# tuple is only ever extended (appended to), never reordered. Activation columns are NaN
+# where a layer has no activation or activations are not recorded; act_saturation and
+# act_dead_frac are NaN too where the activation has no bound (leaky ReLU, GELU, ...).
 GRAD_STATS: tuple[str, ...] = (
     "grad_norm",
     "grad_mean",
@@ -33,6 +35,7 @@ ACT_STATS: tuple[str, ...] = (
     "act_saturation",
     "preact_mean",
     "preact_std",
+    "act_dead_frac",
 )
 STAT_NAMES: tuple[str, ...] = GRAD_STATS + ACT_STATS
 

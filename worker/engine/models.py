@@ -35,7 +35,6 @@ from service.vocabulary import LayerKind, SaturationKind
 from worker.engine.dropconnect import DropConnectConv1d, DropConnectConv2d, DropConnectLinear
 from worker.engine.events import LayerInfo
 
-Saturation = SaturationKind
 Arch = Literal["linear", "conv1d", "conv2d"]
 
 _LEAKY_SLOPE = 0.01  # nn.LeakyReLU's default, also used by kaiming/xavier gains
@@ -47,7 +46,7 @@ class TrackedLayer:
     module: nn.Module
     # A forward hook on it sees input = pre-activation, output = post-activation.
     activation_module: nn.Module | None
-    saturation: Saturation
+    saturation: SaturationKind
 
 
 @dataclass
@@ -86,7 +85,7 @@ def make_activation(name: Activation) -> nn.Module:
     return factories[name]()
 
 
-def saturation_of(name: Activation | None) -> Saturation:
+def saturation_of(name: Activation | None) -> SaturationKind:
     # Only plain ReLU has exact zeros worth counting as "dead"; leaky/elu/gelu/silu do not.
     if name in ("sigmoid", "tanh", "relu"):
         return name
