@@ -69,12 +69,76 @@ class Settings(BaseSettings):
     )
     worker_queues: str = Field("cpu", description="Comma-separated queues a worker consumes.")
     heartbeat_interval_s: float = Field(
-        10.0, gt=0, description="Seconds between a training worker's heartbeats."
-    )
-    stale_job_after_s: float = Field(
-        120.0,
+        10.0,
         gt=0,
-        description="A running job without a heartbeat for this long is failed as lost.",
+        description="Seconds between a training worker's heartbeats; each renews its job's "
+        "lease, and each worker process beats its own worker row as often.",
+    )
+    lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="A running job whose lease was not renewed for this long is requeued "
+        "(attempt + 1) or, after its last attempt, failed. At least 3 heartbeats.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=100, description="Runs a job gets before a lost worker fails it."
+    )
+    reconcile_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between a worker's sweeps: expired leases, jobs of dead "
+        "workers on this host, and queued jobs to send again.",
+    )
+    resend_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="A job queued and unclaimed for this long is sent to the broker again "
+        "(a message lost with a broker restart); one that never reached it, at once.",
+    )
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="Where workers keep checkpoints and final weights (a folder every "
+        "worker and the API share in a cluster); default: data_dir/checkpoints.",
+    )
+    checkpoints_kept: int = Field(
+        2, ge=1, le=100, description="Checkpoints kept per job (the newest ones)."
+    )
+    max_time_limit_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="The longest run time a job may ask for (train.time_limit_s), and the "
+        "limit of a job that asks for none.",
+    )
+    database_connect_timeout_s: int = Field(
+        3, ge=1, le=300, description="Seconds to open a PostgreSQL connection (libpq: at least 2)."
+    )
+    database_statement_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Longest a PostgreSQL statement may take, enforced by the server and by "
+        "the client (a frozen server or network is cut off after this long).",
+    )
+    broker_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Socket and connect timeout of broker calls: a submit never waits on a "
+        "frozen broker longer than about twice this.",
+    )
+    readiness_timeout_s: float = Field(
+        0.8, gt=0, le=10, description="/readyz answers within this long, whatever hangs."
+    )
+    readiness_needs_worker: bool = Field(
+        True,
+        description="/readyz answers 503 while no worker process is alive (beating within "
+        "a lease; on the API's own host, with its process running).",
+    )
+    recorder_buffer_bytes: int = Field(
+        256 * 2**20,
+        ge=2**16,
+        description="Memory a worker's recorder may hold while the database is unreachable; "
+        "past it the attempt fails (and is retried).",
     )
     events_poll_interval_s: float = Field(
         0.5,
@@ -98,13 +162,17 @@ class Settings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _heartbeats_fit_in_the_stale_window(self) -> Settings:
-        if self.stale_job_after_s < 3 * self.heartbeat_interval_s:
+    def _heartbeats_fit_in_the_lease(self) -> Settings:
+        if self.lease_s < 3 * self.heartbeat_interval_s:
             raise ValueError(
-                "stale_job_after_s must be at least 3 heartbeat intervals, or a slow "
-                "database write would fail a healthy job"
+                "lease_s must be at least 3 heartbeat intervals, or a slow database write "
+                "would requeue a healthy job"
             )
         return self
+
+    @property
+    def resolved_checkpoint_dir(self) -> Path:
+        return (self.checkpoint_dir or self.data_dir / "checkpoints").resolve()
 
     @property
     def resolved_database_url(self) -> str:
@@ -137,6 +205,7 @@ class Settings(BaseSettings):
             max_epochs=self.max_epochs,
             max_train_size=self.max_train_size,
             max_batch_size=self.max_batch_size,
+            max_time_limit_s=self.max_time_limit_s,
         )
 
     @property

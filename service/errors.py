@@ -115,8 +115,40 @@ class Forbidden(ServiceError):
         super().__init__("invalid API key")
 
 
-class BrokerUnavailable(ServiceError):
+class CheckpointNotFound(ServiceError):
+    status_code = 404
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id!r} ({status}) has no final weights: they are kept once a job "
+            "succeeds with train.checkpoint_every > 0"
+        )
+
+
+class DatabaseUnavailable(ServiceError):
+    """The database did not answer in time or refused: try again shortly."""
+
     status_code = 503
+    retry_after_s = 5
+
+    def __init__(self, message: str = "the database is unavailable; try again shortly") -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(self.retry_after_s)}
+
+
+class StaleAttempt(ServiceError):
+    """A worker's attempt is no longer the job's current one: it must stop writing.
+
+    Raised by the guard that opens every write transaction of a worker, when its lease
+    expired and the job was requeued, finished or cancelled meanwhile.
+    """
+
+    status_code = 409
+
+    def __init__(self, job_id: str, attempt: int) -> None:
+        super().__init__(f"attempt {attempt} of job {job_id} is no longer current")
+        self.job_id = job_id
+        self.attempt = attempt
 
 
 class InvalidRequest(ServiceError):

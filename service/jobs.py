@@ -13,19 +13,20 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import queue
+from service import checkpoints, queue
 from service.config import Settings
 from service.db.models import Job
 from service.db.repository import datasets as dataset_queries
 from service.db.repository import jobs as job_queries
 from service.errors import (
-    BrokerUnavailable,
+    CheckpointNotFound,
     IdempotencyConflict,
     IllegalStateChange,
     InvalidRequest,
@@ -95,6 +96,7 @@ def submit_job(
             queue=queue.queue_for(spec.train.device),
             idempotency_key=idempotency_key,
             request_hash=body_hash,
+            max_attempts=settings.max_attempts,
         )
         session.commit()
     except IntegrityError:
@@ -111,25 +113,39 @@ def submit_job(
 
 
 def enqueue_jobs(*, session: Session, settings: Settings, jobs: Sequence[Job]) -> None:
-    """Send committed jobs to the broker, in order.
+    """Send committed jobs to the broker, each within a short deadline.
 
-    If the broker fails, the job it failed on and every later one are marked failed
-    (no job may stay queued that no worker will ever receive) and 503 is raised.
+    A broker that is down or frozen fails no job and no request: the jobs it did not
+    take stay ``queued``, marked as never sent, and a worker's reconciler sends them
+    once the broker answers again. After the first failure the rest are not even tried
+    (each would wait its own timeout).
     """
-    for i, job in enumerate(jobs):
+    sent: list[str] = []
+    for job in jobs:
         try:
             queue.enqueue_training(settings, job_id=job.id, queue=job.queue)
-        except Exception as exc:  # any broker error
-            logger.exception("could not enqueue job %s", job.id)
-            for unsent in jobs[i:]:
-                job_queries.finish_job(
-                    session=session,
-                    job_id=unsent.id,
-                    status="failed",
-                    error=f"could not enqueue: {exc}",
-                )
-            session.commit()
-            raise BrokerUnavailable("the job queue is unavailable; try again later") from exc
+        except Exception:  # any broker error or timeout
+            logger.warning(
+                "could not send job %s to the broker (%d of %d sent); a worker's "
+                "reconciler sends it later",
+                job.id,
+                len(sent),
+                len(jobs),
+                exc_info=True,
+            )
+            break
+        sent.append(job.id)
+    if sent:
+        job_queries.mark_enqueued(session=session, job_ids=sent, sent=True)
+        session.commit()
+
+
+def final_weights(*, settings: Settings, job: Job) -> Path:
+    """The file of a job's final weights (safetensors); 404 when it has none."""
+    path = checkpoints.final_weights_path(settings.resolved_checkpoint_dir, job.id)
+    if job.status != "succeeded" or not path.is_file():
+        raise CheckpointNotFound(job.id, job.status)
+    return path
 
 
 def get_job(*, session: Session, job_id: str) -> Job:

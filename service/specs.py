@@ -182,6 +182,21 @@ class TrainSpec(_Strict):
     precision: Precision = Field(
         "fp32", description="fp32, or bf16/fp16 autocast (mixed precision) on the device."
     )
+    checkpoint_every: int = Field(
+        1,
+        ge=0,
+        le=10_000,
+        description="Save a resumable checkpoint every N epochs, which a new attempt after a "
+        "lost worker resumes from, and keep the final weights (GET /v1/jobs/{id}/checkpoint); "
+        "0 turns both off (tiny jobs simply start again).",
+    )
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        le=365 * 24 * 3600,
+        description="Run-time limit in seconds, over all attempts: past it the job ends "
+        "failed (time_limit) with what it recorded. null: the server's limit.",
+    )
 
 
 class LandscapeSpec(_Strict):
@@ -285,6 +300,7 @@ class SpecLimits:
     max_epochs: int = 10_000
     max_train_size: int = 1_000_000
     max_batch_size: int = 65_536
+    max_time_limit_s: float = 7 * 24 * 3600.0
 
 
 def dataset_layout(spec: DataSpec, uploaded_ndim: int | None = None) -> DataLayout | None:
@@ -321,6 +337,14 @@ def check_spec(
     ):
         if value > bound:
             issues.append(SpecIssue(loc, f"must be at most {bound} on this server (got {value})"))
+    if train.time_limit_s is not None and train.time_limit_s > limits.max_time_limit_s:
+        issues.append(
+            SpecIssue(
+                ("train", "time_limit_s"),
+                f"must be at most {limits.max_time_limit_s:g} s on this server "
+                f"(got {train.time_limit_s:g})",
+            )
+        )
 
     if model.skip and model.depth % 2:
         issues.append(

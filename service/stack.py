@@ -35,16 +35,24 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WORKER_GRACE_S = 30.0
 # How long the API's open connections (event streams) may hold its shutdown up.
 API_GRACE_S = 5
-# How often the supervisor looks at the API thread while it waits for a signal.
+# How often the supervisor looks at the API thread and the worker while it waits.
 WATCH_INTERVAL_S = 0.5
+# A worker that died is started again after this long, doubling while it keeps dying
+# young (a crash loop must not spin), up to the maximum.
+RESTART_DELAY_S = 0.5
+MAX_RESTART_DELAY_S = 30.0
+# A worker that ran this long before it died was healthy: the delay starts over.
+HEALTHY_RUN_S = 60.0
 
 
 class Supervisor:
     """Runs the API server and one worker process until SIGINT or SIGTERM, then stops both.
 
-    The loop in ``run`` is the one place that watches the stack, so a later restart of a
-    dead worker belongs there. The worker must be started from the main thread: the
-    kernel's parent-death signal fires when the *thread* that forked the worker ends.
+    The loop in ``run`` is the one place that watches the stack: a worker that died
+    (killed, out of memory) is started again there, and its successor's reconciler frees
+    the jobs it held at once (the dead worker's pid is gone). The worker must be started
+    from the main thread: the kernel's parent-death signal fires when the *thread* that
+    forked the worker ends.
     """
 
     def __init__(
@@ -58,6 +66,10 @@ class Supervisor:
         self.worker_command = list(worker_command)
         self.worker_grace_s = worker_grace_s
         self.worker: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._restart_delay = RESTART_DELAY_S
+        self._started_at = 0.0
+        self._restart_at: float | None = None
         # SimpleQueue.put is reentrant, so the signal handler may call it at any moment.
         self._signals: queue.SimpleQueue[int] = queue.SimpleQueue()
 
@@ -69,7 +81,7 @@ class Supervisor:
             api = threading.Thread(target=self.server.run, name="api-server")
             api.start()
             while api.is_alive() and self._next_signal(WATCH_INTERVAL_S) is None:
-                pass
+                self._restart_dead_worker()
             self._stop(api)
         finally:
             self._kill_worker_group()
@@ -81,14 +93,40 @@ class Supervisor:
         # Its own process group: a terminal's Ctrl-C reaches this supervisor alone, which
         # stops the API and the worker in its own order, and the group can be killed whole.
         worker = subprocess.Popen(self.worker_command, process_group=0)
+        self._started_at = time.monotonic()
         logger.info("worker started (pid %d)", worker.pid)
         return worker
+
+    def _restart_dead_worker(self) -> None:
+        """Start the worker again once it has died (after a delay that grows while it
+        keeps dying young)."""
+        if self.worker is None or self.worker.poll() is None:
+            return
+        now = time.monotonic()
+        if self._restart_at is None:
+            if now - self._started_at >= HEALTHY_RUN_S:
+                self._restart_delay = RESTART_DELAY_S
+            self._restart_at = now + self._restart_delay
+            logger.warning(
+                "worker (pid %d) exited with %s; starting a new one in %.1f s",
+                self.worker.pid,
+                self.worker.returncode,
+                self._restart_delay,
+            )
+            self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_DELAY_S)
+        if now < self._restart_at:
+            return
+        self._restart_at = None
+        self._kill_worker_group()  # its pool children, if any outlived it
+        self.worker = self._start_worker()
+        self.restarts += 1
 
     def _stop(self, api: threading.Thread) -> None:
         """Stop the API and the worker together; past the grace, or on a second signal, kill."""
         deadline = time.monotonic() + self.worker_grace_s
         self.server.should_exit = True
-        # Celery's warm shutdown: stop consuming, let the running task finish.
+        # Celery's warm shutdown: it stops consuming, and its running job checkpoints at
+        # the next step and goes back to the queue (worker.supervision).
         self._signal_worker(signal.SIGTERM)
         while api.is_alive() or self._worker_running():
             if time.monotonic() >= deadline or self._next_signal(0.1) is not None:

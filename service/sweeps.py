@@ -223,8 +223,8 @@ def create_sweep(
     """Validate every point, store the sweep and its jobs in one transaction, then enqueue.
 
     Any invalid point rejects the whole sweep with a 422 before anything is written. If
-    the broker fails part-way, the jobs not sent are marked failed and 503 is raised: the
-    sweep stays readable, with no job left queued that no worker will ever receive.
+    the broker fails part-way, the jobs not sent stay queued and a worker's reconciler
+    sends them later: no job is failed, or left behind, because the broker was away.
     """
     sweep_id = uuid.uuid4().hex
     name = (name or base.name or f"sweep-{sweep_id[:8]}")[:NAME_MAX]
@@ -245,6 +245,7 @@ def create_sweep(
             queue=queue.queue_for(item.spec.train.device),
             sweep_id=sweep.id,
             grid_point=item.point,
+            max_attempts=settings.max_attempts,
         )
         for item in planned
     ]

@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CollectorRegistry
+from sqlalchemy import exc as sa_exc
 
 from service.api.deps import require_api_key
 from service.api.metrics import JobCountCollector, QueueAndRunCollector
@@ -30,17 +31,31 @@ from service.api.routes import jobs as job_routes
 from service.api.routes import sweeps as sweep_routes
 from service.api.schemas.common import error_responses
 from service.config import Settings, get_settings
-from service.db.session import make_engine, make_session_factory
-from service.errors import ServiceError
+from service.db.session import engine_for, make_session_factory
+from service.errors import DatabaseUnavailable, ServiceError
 from service.kit.jsonnum import json_safe
 
 logger = logging.getLogger(__name__)
+
+# What a database outage raises: refused, cut, timed out, no pool connection in time.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+)
 
 
 async def service_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     """The one place where typed errors become HTTP responses."""
     assert isinstance(exc, ServiceError)
     return JSONResponse({"detail": exc.detail()}, exc.status_code, headers=exc.headers)
+
+
+async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """An unreachable or timed-out database is a 503 with Retry-After, never a 500."""
+    logger.warning("database error in %s %s: %s", request.method, request.url.path, exc)
+    return await service_error_handler(request, DatabaseUnavailable())
 
 
 async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -70,7 +85,7 @@ def _v1_router() -> APIRouter:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    engine = engine_for(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = registry
 
     app.add_exception_handler(ServiceError, service_error_handler)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, database_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(_v1_router())
     app.include_router(health.router)

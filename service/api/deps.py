@@ -1,4 +1,5 @@
-"""Typed dependencies: ``SettingsDep``, ``SessionDep``, ``JobDep`` and the API-key check."""
+"""Typed dependencies: ``SettingsDep``, ``SessionDep``, ``SessionFactoryDep``, ``JobDep``
+and the API-key check."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 def get_session_factory(request: Request) -> sessionmaker[Session]:
-    """For responses that outlive the request (event streams): short sessions of their own."""
+    """Short sessions of their own: for responses that outlive the request (event
+    streams) and for checks that run in threads of their own (/readyz)."""
     factory: sessionmaker[Session] = request.app.state.session_factory
     return factory
 

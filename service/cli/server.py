@@ -82,6 +82,7 @@ def worker(
         raise typer.Exit(1)
     _set_data_dir(data_dir)
     os.environ.setdefault("TRAINLAB_WORKER_CONCURRENCY", str(concurrency))
+    os.environ["TRAINLAB_WORKER_QUEUES"] = queues
     command = _worker_command(queues, concurrency, pool, loglevel)
     os.execv(command[0], command)
 

@@ -67,6 +67,8 @@ class Job(Base):
         Index("ix_job_status_created_at", "status", "created_at"),
         Index("ix_job_created_at_id", "created_at", "id"),
         Index("ix_job_status_heartbeat_at", "status", "heartbeat_at"),
+        Index("ix_job_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_job_status_enqueued_at", "status", "enqueued_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -99,10 +101,42 @@ class Job(Base):
         String(32), ForeignKey("sweep.id", ondelete="SET NULL"), nullable=True, index=True
     )
     grid_point: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Durability. ``attempt`` counts runs started (0 while never claimed): each run writes
+    # under its own number, so a run that lost its lease cannot write any more.
+    # ``preemptions`` counts graceful stops, which do not use up ``max_attempts``.
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0)
+    # Renewed by the running attempt's heartbeat; past it the job is requeued.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Last time the job's id reached the broker; null: it never did (send it again).
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The worker process (worker_node.id) and the pid of the process training the job.
+    worker_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # File name of the newest checkpoint a run recorded (service.checkpoints).
+    checkpoint: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+class WorkerNode(Base):
+    """One live worker process (a Celery main process), beating while it runs.
+
+    The API's /readyz reads it (is any worker alive?), and a worker finds the jobs of a
+    dead worker on its own host by its pid.
+    """
+
+    __tablename__ = "worker_node"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200), index=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(String(200), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class Sweep(Base):

@@ -1,12 +1,28 @@
-"""Engine and session factories.
+"""Engine and session factories, with timeouts that hold on a frozen database.
 
 SQLite (the embedded default) runs in WAL mode so the API can read while a worker
 writes; ``busy_timeout`` makes a writer wait for the lock instead of failing at once.
+
+PostgreSQL gets a connect timeout and a server-side ``statement_timeout``. Neither helps
+when the server (or the network to it) is frozen: the server never answers, and the
+kernel keeps acknowledging what the client sends. So every call that waits on the
+server (execute, commit, rollback, the pool's ping) also runs under a client-side
+deadline: past it, :class:`Watchdog` shuts the connection's socket down, the blocked
+call fails at once with a disconnect error, and SQLAlchemy drops that connection.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +30,125 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.config import Settings
+
 logger = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# The client-side cut comes this much after the server's own statement_timeout, so a
+# merely slow statement gets the server's clean cancel and only a frozen one is cut.
+CLIENT_DEADLINE_MARGIN_S = 0.5
+
+
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    connect_s: int = 3
+    statement_s: float = 10.0
+
+
+class Watchdog:
+    """Shuts down the socket of any database call that outlives its deadline.
+
+    One thread per process serves every engine; ``guard`` arms a deadline around one call
+    and disarms it when the call returns. A fork gets a fresh watchdog (threads do not
+    survive it).
+    """
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._tokens = itertools.count()
+
+    def _ensure_started(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._cond = threading.Condition()
+        self._armed: dict[int, int] = {}  # token -> socket fd
+        self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, token)
+        thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
+        thread.start()
+
+    @contextlib.contextmanager
+    def guard(self, fd: int, seconds: float) -> Iterator[None]:
+        self._ensure_started()
+        token = next(self._tokens)
+        with self._cond:
+            self._armed[token] = fd
+            heapq.heappush(self._deadlines, (time.monotonic() + seconds, token))
+            self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._armed.pop(token, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._deadlines and self._deadlines[0][1] not in self._armed:
+                    heapq.heappop(self._deadlines)  # disarmed in time
+                if not self._deadlines:
+                    self._cond.wait()
+                    continue
+                deadline, token = self._deadlines[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._deadlines)
+                # Still armed under the lock: the call has not returned, so its
+                # connection (and this fd) is still open.
+                self._cut(self._armed.pop(token))
+
+    @staticmethod
+    def _cut(fd: int) -> None:
+        logger.warning("database call over its deadline: cutting its connection")
+        try:
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            logger.warning("could not cut a database connection", exc_info=True)
+
+
+WATCHDOG = Watchdog()
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def statement_deadline(seconds: float) -> Iterator[None]:
+    """Within this block, this thread's PostgreSQL calls get ``seconds`` at most
+    (e.g. a readiness probe, which must answer within a second)."""
+    previous = getattr(_local, "deadline_s", None)
+    _local.deadline_s = seconds
+    try:
+        yield
+    finally:
+        _local.deadline_s = previous
+
+
+def _guarded(method: Callable[..., Any], fd_of: Callable[..., int], default_s: float) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        seconds = getattr(_local, "deadline_s", None) or default_s
+        with WATCHDOG.guard(fd_of(*args), seconds):
+            return method(*args, **kwargs)
+
+    return call
+
+
+def _cursor_fd(cursor: Any, *_: Any) -> int:
+    return int(cursor.connection.fileno())
+
+
+def _connection_fd(dbapi_connection: Any, *_: Any) -> int:
+    return int(dbapi_connection.fileno())
+
+
+def _guard_postgres_calls(engine: Engine, deadline_s: float) -> None:
+    dialect: Any = engine.dialect
+    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
+        setattr(dialect, name, _guarded(getattr(dialect, name), _cursor_fd, deadline_s))
+    for name in ("do_commit", "do_rollback", "do_ping"):
+        setattr(dialect, name, _guarded(getattr(dialect, name), _connection_fd, deadline_s))
 
 
 def _ensure_sqlite_folder(url: str) -> None:
@@ -35,7 +167,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, timeouts: DatabaseTimeouts | None = None, **kwargs: Any) -> Engine:
     """An engine configured for trainlab's two backends (SQLite and PostgreSQL)."""
     if make_url(url).get_backend_name() == "sqlite":
         _ensure_sqlite_folder(url)
@@ -43,7 +175,25 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args=connect_args, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    timeouts = timeouts or DatabaseTimeouts()
+    connect_args = {
+        "connect_timeout": timeouts.connect_s,
+        "options": f"-c statement_timeout={int(timeouts.statement_s * 1000)}",
+        **kwargs.pop("connect_args", {}),
+    }
+    kwargs.setdefault("pool_timeout", timeouts.statement_s)
+    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    _guard_postgres_calls(engine, timeouts.statement_s + CLIENT_DEADLINE_MARGIN_S)
+    return engine
+
+
+def engine_for(settings: Settings) -> Engine:
+    """The engine of ``settings``' database, with its configured timeouts."""
+    timeouts = DatabaseTimeouts(
+        connect_s=settings.database_connect_timeout_s,
+        statement_s=settings.database_statement_timeout_s,
+    )
+    return make_engine(settings.resolved_database_url, timeouts=timeouts)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

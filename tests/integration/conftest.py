@@ -126,9 +126,10 @@ def _base_env(data_dir: Path) -> dict[str, str]:
     env.update(
         TRAINLAB_DATA_DIR=str(data_dir),
         TRAINLAB_TORCH_THREADS="1",
-        # Short enough for the lost-worker test to see the reaper within seconds.
+        # Short enough for the lost-worker test to see its job requeued within seconds.
         TRAINLAB_HEARTBEAT_INTERVAL_S="0.5",
-        TRAINLAB_STALE_JOB_AFTER_S="3",
+        TRAINLAB_LEASE_S="3",
+        TRAINLAB_RECONCILE_INTERVAL_S="0.5",
         PYTHONUNBUFFERED="1",
     )
     return env

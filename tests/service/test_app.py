@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -9,19 +12,40 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from service.api.app import create_app
+from service.db.repository import jobs as job_queries
 from service.specs import EXAMPLE_SPEC
 from tests.service.conftest import make_settings, recorded_job
 
 
-def test_healthz_and_readyz(client: TestClient) -> None:
+def _worker_row(session: Session, *, pid: int) -> None:
+    job_queries.beat_worker(
+        session=session, worker_id=f"w-{pid}", hostname=socket.gethostname(), pid=pid, queues=""
+    )
+    session.commit()
+
+
+def test_healthz_and_readyz(client: TestClient, session: Session) -> None:
     assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    _worker_row(session, pid=os.getpid())  # a live process on this host
     response = client.get("/readyz")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "ok"}
+
+
+def test_readyz_is_503_while_no_worker_is_alive(client: TestClient, session: Session) -> None:
+    assert client.get("/readyz").json()["checks"]["workers"] == "none alive"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _worker_row(session, pid=dead.pid)  # a fresh beat, but its process has exited
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["workers"] == "none alive"
 
 
 def test_readyz_names_the_failing_check(tmp_path: Path, db_url: str) -> None:
-    settings = make_settings(tmp_path, db_url, broker_url="redis://127.0.0.1:1/0")
+    settings = make_settings(
+        tmp_path, db_url, broker_url="redis://127.0.0.1:1/0", readiness_needs_worker=False
+    )
     with TestClient(create_app(settings)) as client:
         response = client.get("/readyz")
         assert response.status_code == 503
@@ -93,8 +117,9 @@ def test_api_keys_guard_v1_only(tmp_path: Path, db_url: str) -> None:
         assert client.get("/v1/jobs", headers={"X-API-Key": "ü".encode()}).status_code == 403
         assert client.get("/v1/jobs", headers={"X-API-Key": "k2"}).status_code == 200
         assert client.post("/v1/jobs", json={}).status_code == 401
-        for open_path in ("/healthz", "/readyz", "/docs", "/openapi.json", "/metrics"):
+        for open_path in ("/healthz", "/docs", "/openapi.json", "/metrics"):
             assert client.get(open_path).status_code == 200, open_path
+        assert client.get("/readyz").status_code == 503  # no worker; but no key asked for
 
 
 def test_docs_and_every_request_body_has_an_example(client: TestClient) -> None:
@@ -133,3 +158,16 @@ def _has_example(media: dict[str, Any], schema: dict[str, Any]) -> bool:
         "examples" in prop or prop.get("format") == "binary" or "contentMediaType" in prop
         for prop in properties.values()
     )
+
+
+def test_an_unreachable_database_is_a_503_with_retry_after(tmp_path: Path) -> None:
+    # Nothing listens on port 1: every connection is refused.
+    settings = make_settings(tmp_path, "postgresql+psycopg://postgres@127.0.0.1:1/none")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for method, path in (("GET", "/v1/jobs"), ("GET", "/v1/jobs/abc"), ("POST", "/v1/jobs")):
+            response = client.request(method, path, json={} if method == "POST" else None)
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"] == "5"
+            assert "database" in response.json()["detail"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] == "unreachable"

@@ -10,10 +10,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
+from service import checkpoints
+from service.api.app import create_app
+from service.config import Settings
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.specs import EXAMPLE_SPEC
 from service.vocabulary import FINISHED_STATUSES, JobStatus
+from tests.service.conftest import make_settings
 
 
 def _submit(client: TestClient, **spec: Any) -> dict[str, Any]:
@@ -253,3 +257,35 @@ def test_result_with_nan_and_numpy_scalars_is_readable(
         "steps": 7,
     }
     assert body["progress"]["fraction"] == 0.0
+
+
+def test_submit_answers_201_queued_while_the_broker_is_down(tmp_path: Path, db_url: str) -> None:
+    # Nothing listens on port 1: every send fails; no job may fail because of it.
+    settings = make_settings(tmp_path, db_url, broker_url="redis://127.0.0.1:1/0")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/v1/jobs", json={}, headers={"Idempotency-Key": "k"})
+        assert response.status_code == 201, response.text
+        job = response.json()
+        assert job["status"] == "queued" and job["attempt"] == 0 and job["max_attempts"] == 3
+        again = client.post("/v1/jobs", json={}, headers={"Idempotency-Key": "k"})
+        assert again.status_code == 200 and again.json()["status"] == "queued"
+
+
+def test_final_weights_are_served_as_safetensors(
+    client: TestClient, settings: Settings, session: Session
+) -> None:
+    from safetensors.numpy import load, save
+
+    job_id = client.post("/v1/jobs", json={}).json()["id"]
+    response = client.get(f"/v1/jobs/{job_id}/checkpoint")
+    assert response.status_code == 404 and "final weights" in response.json()["detail"]
+    path = checkpoints.final_weights_path(settings.resolved_checkpoint_dir, job_id)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(save({"layer.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}))
+    job_queries.finish_job(session=session, job_id=job_id, status="succeeded")
+    session.commit()
+    response = client.get(f"/v1/jobs/{job_id}/checkpoint")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert load(response.content)["layer.weight"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert client.get("/v1/jobs/missing/checkpoint").status_code == 404

@@ -28,6 +28,7 @@ TABLES = {
     "dataset",
     "sweep",
     "landscape",
+    "worker_node",
 }
 
 

@@ -61,6 +61,10 @@ class RunStarted:
     total_steps: int
     steps_per_epoch: int
     param_count: int
+    # A resumed attempt: what its checkpoint covered (0, 0 for a fresh start). Anything
+    # recorded after these is recorded again from here on.
+    resumed_step: int = 0
+    resumed_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,18 @@ class TrainResult:
     # Loss-landscape slice (telemetry.landscape): dims, alphas, losses, roughness,
     # sharpness, local_minima, examples. None when not asked for or not trained to the end.
     landscape: dict[str, Any] | None = None
+    # Stopped at a step boundary by should_suspend, after its checkpoint (graceful stop).
+    suspended: bool = False
+    # Stopped by its run-time limit.
+    timed_out: bool = False
+    resumed_from_step: int | None = None
+    # The final weights as a safetensors file, when checkpoints are on and the run ended.
+    weights: bytes | None = field(default=None, repr=False)
 
 
 Event = RunStarted | StepProgress | LayerStatsBatch | EpochEnd
 EventSink = Callable[[Event], None]
 StopCheck = Callable[[], bool]
+# Receives a TrainState (worker.engine.checkpoint); typed loosely to keep this module
+# free of torch.
+CheckpointSink = Callable[[Any], None]

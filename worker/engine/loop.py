@@ -31,7 +31,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -42,8 +42,10 @@ from torch.nn import functional
 
 from service.specs import ExperimentSpec, TrainSpec
 from worker.engine.augment import augment_batch
+from worker.engine.checkpoint import TrainState, cpu_copy, join_state, model_weights, split_state
 from worker.engine.data import TensorData, iterate_batches, load_dataset, steps_per_epoch
 from worker.engine.events import (
+    CheckpointSink,
     EpochEnd,
     Event,
     EventSink,
@@ -282,6 +284,79 @@ class _Best:
     epoch: int = 0
 
 
+@dataclass
+class _Counters:
+    """Where the loop stands; saved in every checkpoint and restored from it."""
+
+    step: int = 0  # optimizer steps done, over all epochs
+    epochs_done: int = 0  # epochs completed (validated, reported)
+    batches_done: int = 0  # batches of the current (unfinished) epoch already stepped
+    seen: int = 0  # examples of the current epoch already stepped
+    epoch_seconds: float = 0.0  # training seconds of the current epoch before a stop
+    elapsed_s: float = 0.0  # training seconds of the earlier attempts
+    best_val_loss: float | None = None
+    best_epoch: int = 0
+    last: list[float] | None = None  # the last EpochEnd's fields
+
+
+def capture_state(
+    trainer: Trainer,
+    counters: _Counters,
+    *,
+    shuffle_gen: torch.Generator,
+    epoch_shuffle: torch.Tensor,
+    augment_gen: torch.Generator,
+) -> TrainState:
+    """A CPU snapshot of everything the run needs to continue, at a step boundary.
+
+    ``epoch_shuffle`` is the shuffle generator's state before the current epoch drew
+    its permutation: a resumed attempt draws the same one and skips the batches done.
+    """
+    tensors: dict[str, torch.Tensor] = {
+        "rng.torch": torch.get_rng_state(),
+        "rng.shuffle": shuffle_gen.get_state(),
+        "rng.shuffle_epoch": epoch_shuffle.clone(),
+        "rng.augment": augment_gen.get_state(),
+        "epoch.loss_sum": cpu_copy(trainer.loss_sum),
+        "epoch.correct": cpu_copy(trainer.correct),
+    }
+    if trainer.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
+    meta = {
+        "counters": asdict(counters),
+        "model": split_state("model", trainer.model.state_dict(), tensors),
+        "optimizer": split_state("optimizer", trainer.optimizer.state_dict(), tensors),
+        "schedule": split_state("schedule", trainer.schedule.state_dict(), tensors),
+        "scaler": split_state("scaler", trainer.scaler.state_dict(), tensors),
+    }
+    return TrainState(tensors=tensors, meta=meta)
+
+
+def restore_state(
+    trainer: Trainer,
+    state: TrainState,
+    *,
+    shuffle_gen: torch.Generator,
+    augment_gen: torch.Generator,
+) -> tuple[_Counters, torch.Tensor]:
+    """Load ``state`` into a freshly built trainer; returns the counters and the
+    shuffle state the interrupted epoch started from."""
+    t, meta = state.tensors, state.meta
+    trainer.model.load_state_dict(join_state(meta["model"], t))
+    trainer.optimizer.load_state_dict(join_state(meta["optimizer"], t))
+    trainer.schedule.load_state_dict(join_state(meta["schedule"], t))
+    if scaler_state := join_state(meta["scaler"], t):
+        trainer.scaler.load_state_dict(scaler_state)
+    trainer.loss_sum.copy_(t["epoch.loss_sum"])
+    trainer.correct.copy_(t["epoch.correct"])
+    torch.set_rng_state(t["rng.torch"])
+    shuffle_gen.set_state(t["rng.shuffle"])
+    augment_gen.set_state(t["rng.augment"])
+    if "rng.cuda" in t and trainer.device.type == "cuda":
+        torch.cuda.set_rng_state(t["rng.cuda"], trainer.device)
+    return _Counters(**meta["counters"]), t["rng.shuffle_epoch"]
+
+
 def train(
     spec: ExperimentSpec,
     *,
@@ -292,6 +367,10 @@ def train(
     cache_dir: Path | None = None,
     arrays: tuple[np.ndarray, np.ndarray] | None = None,
     flush_every: int = 32,
+    resume: TrainState | None = None,
+    on_checkpoint: CheckpointSink | None = None,
+    should_suspend: StopCheck = _never,
+    time_limit_s: float | None = None,
 ) -> TrainResult:
     """Train ``spec``, calling ``on_event`` with RunStarted, StepProgress (every step),
     LayerStatsBatch (every ``flush_every`` telemetry steps and at each epoch end) and
@@ -301,6 +380,13 @@ def train(
     With ``telemetry.landscape`` set, a run that trained to its end (not cancelled, not
     diverged) also gets a loss-landscape slice in ``TrainResult.landscape``.
     Does not set torch's thread count: the worker sizes it; RunStarted reports it.
+
+    Durability: ``on_checkpoint(state)`` gets a :class:`TrainState` after every
+    ``train.checkpoint_every``-th epoch, always after every event of the steps it
+    covers; ``resume`` continues from one, exactly as the run would have gone on.
+    ``should_suspend()`` is polled every step: when true the run flushes, checkpoints
+    at that step boundary and returns ``suspended``. Past ``time_limit_s`` seconds of
+    training (the earlier attempts' included) it stops and returns ``timed_out``.
     """
     started = time.perf_counter()
     train_spec = spec.train
@@ -331,6 +417,13 @@ def train(
         on_event=on_event,
         flush_every=flush_every,
     )
+    counters = _Counters()
+    epoch_shuffle = shuffle_gen.get_state()
+    if resume is not None:
+        counters, epoch_shuffle = restore_state(
+            trainer, resume, shuffle_gen=shuffle_gen, augment_gen=augment_gen
+        )
+        shuffle_gen.set_state(epoch_shuffle)  # the interrupted epoch draws its order again
     on_event(
         RunStarted(
             layers=[layer.info for layer in trainer.built.layers],
@@ -340,40 +433,70 @@ def train(
             total_steps=total_steps,
             steps_per_epoch=spe,
             param_count=count_parameters(trainer.model),
+            resumed_step=counters.step,
+            resumed_epochs=counters.epochs_done,
         )
     )
 
-    step = 0
-    epoch = 0
-    best = _Best()
-    last: EpochEnd | None = None
-    cancelled = stopped_early = diverged = False
+    def snapshot() -> TrainState:
+        counters.elapsed_s = elapsed_before + time.perf_counter() - started
+        return capture_state(
+            trainer,
+            counters,
+            shuffle_gen=shuffle_gen,
+            epoch_shuffle=epoch_shuffle,
+            augment_gen=augment_gen,
+        )
+
+    elapsed_before = counters.elapsed_s
+    best = _Best(
+        counters.best_val_loss if counters.best_val_loss is not None else math.inf,
+        counters.best_epoch,
+    )
+    last = EpochEnd(counters.epochs_done, *counters.last) if counters.last else None
+    step = counters.step
+    epoch = counters.epochs_done
+    cancelled = stopped_early = diverged = suspended = timed_out = False
     try:
-        for epoch in range(1, train_spec.epochs + 1):
+        for epoch in range(counters.epochs_done + 1, train_spec.epochs + 1):
             trainer.model.train()
             epoch_start = time.perf_counter()
-            seen = 0
-            for idx in iterate_batches(
-                n_train, train_spec.batch_size, generator=shuffle_gen, device=dev
+            skip = counters.batches_done  # > 0 only in the epoch a resume continues
+            epoch_shuffle = shuffle_gen.get_state()
+            for batch, idx in enumerate(
+                iterate_batches(n_train, train_spec.batch_size, generator=shuffle_gen, device=dev)
             ):
+                if batch < skip:
+                    continue
                 step += 1
                 xb, yb = data.x_train[idx], data.y_train[idx]
                 if augment is not None:  # training batches only, never validation
                     xb = augment_batch(xb, augment, layout=data.layout, generator=augment_gen)
                 trainer.step(xb, yb, step=step, epoch=epoch)
-                seen += len(idx)
+                counters.seen += len(idx)
                 on_event(StepProgress(epoch=epoch, step=step, total_steps=total_steps))
                 if should_stop():
                     cancelled = True
                     break
+                over = time_limit_s is not None and (
+                    elapsed_before + time.perf_counter() - started > time_limit_s
+                )
+                if over or should_suspend():
+                    timed_out, suspended = over, not over
+                    counters.step, counters.batches_done = step, batch + 1
+                    break
             trainer.flush()
             if dev.type == "cuda":
                 torch.cuda.synchronize()  # host-device sync point: the clock needs the GPU done
-            seconds = time.perf_counter() - epoch_start
-            if cancelled:
+            seconds = counters.epoch_seconds + time.perf_counter() - epoch_start
+            if suspended and on_checkpoint is not None:
+                counters.epoch_seconds = seconds
+                on_checkpoint(snapshot())  # mid-epoch: after the flush above
+            if cancelled or suspended or timed_out:
                 break
             loss_sum, correct = trainer.take_epoch_sums()
-            train_loss, train_acc = loss_sum / max(seen, 1), correct / max(seen, 1)
+            seen = max(counters.seen, 1)
+            train_loss, train_acc = loss_sum / seen, correct / seen
             val_loss, val_acc = trainer.evaluate(data.x_val, data.y_val)
             last = EpochEnd(epoch, train_loss, train_acc, val_loss, val_acc, trainer.lr(), seconds)
             on_event(last)
@@ -383,15 +506,31 @@ def train(
                 break
             if val_loss < best.val_loss:
                 best = _Best(val_loss, epoch)
+            counters = replace(
+                counters,
+                step=step,
+                epochs_done=epoch,
+                batches_done=0,
+                seen=0,
+                epoch_seconds=0.0,
+                best_val_loss=best.val_loss,
+                best_epoch=best.epoch,
+                last=list(astuple(last))[1:],
+            )
             patience = train_spec.early_stopping_patience
             if patience is not None and epoch - best.epoch >= patience:
                 stopped_early = True
                 break
+            every = train_spec.checkpoint_every
+            if on_checkpoint is not None and every and epoch % every == 0:
+                on_checkpoint(snapshot())
     finally:
         trainer.close()
 
     landscape = None
-    if spec.telemetry.landscape is not None and last is not None and not (cancelled or diverged):
+    finished = not (cancelled or diverged or suspended or timed_out)
+    keeps_checkpoints = on_checkpoint is not None and train_spec.checkpoint_every > 0
+    if spec.telemetry.landscape is not None and last is not None and finished:
         landscape = landscape_of(trainer, data, spec).as_dict()
 
     nan = math.nan
@@ -410,15 +549,21 @@ def train(
         seconds=time.perf_counter() - started,
         device=str(dev),
         landscape=landscape,
+        suspended=suspended,
+        timed_out=timed_out,
+        resumed_from_step=resume.step if resume is not None else None,
+        weights=model_weights(trainer.model) if finished and keeps_checkpoints else None,
     )
 
 
 __all__ = [
     "Trainer",
+    "capture_state",
     "landscape_of",
     "make_optimizer",
     "make_schedule",
     "penalized_weights",
     "resolve_device",
+    "restore_state",
     "train",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi.responses import FileResponse
 
 from service import jobs
 from service.api.deps import IdempotencyKeyDep, JobDep, SessionDep, SettingsDep
@@ -104,3 +105,24 @@ def get_job(job: JobDep) -> JobRead:
 )
 def cancel_job(job: JobDep, session: SessionDep) -> JobRead:
     return job_read(jobs.cancel_job(session=session, job=job))
+
+
+@router.get(
+    "/{job_id}/checkpoint",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The final weights (the model's state dict) as a safetensors file",
+        },
+        **error_responses(404, 422),
+    },
+    summary="Download the final weights",
+    description="Kept for a job that succeeded with `train.checkpoint_every > 0`. Load with "
+    "`safetensors.torch.load_file(path)` and `model.load_state_dict(...)`.",
+)
+def get_checkpoint(job: JobDep, settings: SettingsDep) -> FileResponse:
+    path = jobs.final_weights(settings=settings, job=job)
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"{job.id}.safetensors"
+    )

@@ -48,6 +48,14 @@ class JobRead(BaseModel):
     device: str | None
     queue: str
     cancel_requested: bool
+    attempt: int = Field(
+        description="Runs started so far (0 while never claimed). A job whose worker was "
+        "lost runs again as the next attempt, from its last checkpoint."
+    )
+    max_attempts: int = Field(
+        description="Runs a job gets before a lost worker fails it; graceful stops "
+        "(a worker's shutdown) do not use one up."
+    )
 
 
 def job_read(job: Job) -> JobRead:

@@ -1,19 +1,21 @@
-"""Queries of the job lifecycle: create, claim, heartbeat, progress, finish, cancel, list."""
+"""Queries of the job lifecycle: create, send, claim, guard and lease, release, progress,
+finish, cancel, list; and the rows of live worker processes."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, func, insert, select, update
+from sqlalchemy import ColumnElement, CursorResult, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
-from service.db.models import Job, JobTag
+from service.db.models import Job, JobTag, WorkerNode
 from service.db.repository import keyset
+from service.errors import StaleAttempt
 from service.kit.jsonnum import json_safe
 from service.kit.pagination import Position
 from service.kit.specpath import SpecPath
@@ -37,6 +39,7 @@ def create_job(
     request_hash: str | None = None,
     sweep_id: str | None = None,
     grid_point: Mapping[str, Any] | None = None,
+    max_attempts: int = 3,
 ) -> Job:
     job = Job(
         id=uuid.uuid4().hex,
@@ -52,6 +55,9 @@ def create_job(
         request_hash=request_hash,
         sweep_id=sweep_id,
         grid_point=dict(grid_point) if grid_point is not None else None,
+        attempt=0,
+        max_attempts=max_attempts,
+        preemptions=0,
     )
     session.add(job)
     session.flush()
@@ -62,12 +68,64 @@ def create_job(
     return job
 
 
-def claim_job(*, session: Session, job_id: str, worker: str) -> Job | None:
-    """Atomically move a queued job to running; None when it was not queued."""
+def mark_enqueued(*, session: Session, job_ids: Sequence[str], sent: bool) -> None:
+    """Stamp when queued jobs reached the broker; ``sent=False`` clears the stamp, so
+    the reconciler sends them again at its next sweep."""
+    if not job_ids:
+        return
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == "queued")
+        .values(enqueued_at=utcnow() if sent else None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def take_jobs_to_resend(*, session: Session, sent_before: datetime, limit: int = 100) -> list[Job]:
+    """Queued jobs never sent, or sent before ``sent_before`` and still unclaimed (their
+    message was lost, e.g. with a broker restart). They are stamped as sent now, in this
+    transaction, so that of several reconcilers only one sends each."""
+    due = (
+        select(Job)
+        .where(
+            Job.status == "queued",
+            Job.cancel_requested.is_(False),
+            or_(Job.enqueued_at.is_(None), Job.enqueued_at < sent_before),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    jobs = list(session.scalars(due))
+    mark_enqueued(session=session, job_ids=[job.id for job in jobs], sent=True)
+    return jobs
+
+
+def claim_job(
+    *,
+    session: Session,
+    job_id: str,
+    worker: str,
+    worker_id: str | None = None,
+    worker_pid: int | None = None,
+    lease_s: float = 30.0,
+) -> Job | None:
+    """Atomically move a queued job to running as its next attempt; None when it was not
+    queued (a duplicate or late delivery: harmless)."""
+    now = utcnow()
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-        .values(status="running", started_at=(now := utcnow()), heartbeat_at=now, worker=worker)
+        .values(
+            status="running",
+            attempt=Job.attempt + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            heartbeat_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            worker=worker,
+            worker_id=worker_id,
+            worker_pid=worker_pid,
+        )
         .execution_options(synchronize_session=False)
     )
     if _rowcount(result) != 1:
@@ -75,37 +133,199 @@ def claim_job(*, session: Session, job_id: str, worker: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
-def record_heartbeat(*, session: Session, job_id: str) -> bool:
-    """Stamp a running job's heartbeat; False when the job is not running any more."""
+def guard_attempt(*, session: Session, job_id: str, attempt: int) -> None:
+    """Open a worker's write transaction: lock the job row if ``attempt`` is still the
+    running one, else raise :class:`StaleAttempt`.
+
+    Every write of a worker starts with this, whatever it then writes (multi-row
+    inserts, COPY): the reaper's requeue takes the same row lock, so either it waits for
+    this transaction or this one sees the new attempt and writes nothing. PostgreSQL:
+    ``FOR NO KEY UPDATE`` (the inserts' foreign-key checks still share the row). SQLite
+    has one writer at a time, but a plain SELECT takes no lock there, so a no-op UPDATE
+    takes the database's write lock first and its row count answers the question.
+    """
+    current = (Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+    if session.get_bind().dialect.name == "sqlite":
+        result = session.execute(
+            update(Job)
+            .where(*current)
+            .values(attempt=Job.attempt)
+            .execution_options(synchronize_session=False)
+        )
+        found = _rowcount(result) == 1
+    else:
+        locked = select(Job.id).where(*current).with_for_update(key_share=True)
+        found = session.scalar(locked) is not None
+    if not found:
+        raise StaleAttempt(job_id, attempt)
+
+
+def renew_lease(*, session: Session, job_id: str, attempt: int, lease_s: float) -> bool:
+    """The running attempt's heartbeat: stamp it and push its lease out. False when the
+    attempt is not the job's running one any more (it must stop)."""
+    now = utcnow()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
-        .values(heartbeat_at=utcnow())
+        .where(Job.id == job_id, Job.attempt == attempt, Job.status == "running")
+        .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     )
     return _rowcount(result) == 1
 
 
-def fail_stale_jobs(*, session: Session, stale_before: datetime) -> list[str]:
-    """Fail running jobs whose worker stopped writing heartbeats; return their ids."""
-    stale = (
-        select(Job.id)
-        .where(Job.status == "running", Job.heartbeat_at < stale_before)
-        .with_for_update(skip_locked=True)
+@dataclass(frozen=True)
+class Released:
+    """A running attempt taken back: the job is ``queued`` again or, out of attempts,
+    finished (``failed``, or ``cancelled`` when a cancel was pending)."""
+
+    job_id: str
+    attempt: int
+    status: JobStatus
+    queue: str
+
+
+def _release(session: Session, job: Job, reason: str, *, counted: bool) -> Released | None:
+    """Requeue one locked running job, or finish it when its attempts are used up."""
+    used = job.attempt - job.preemptions - (0 if counted else 1)
+    status: JobStatus
+    values: dict[str, Any] = {
+        "lease_expires_at": None,
+        "enqueued_at": None,
+        "worker_pid": None,
+    }
+    if job.cancel_requested:
+        status = "cancelled"
+        values.update(finished_at=utcnow())
+    elif used >= job.max_attempts:
+        status = "failed"
+        values.update(
+            finished_at=utcnow(),
+            error=f"{reason}; that was attempt {job.attempt}, the last of "
+            f"{job.max_attempts}: giving up (resubmit the job to try again)",
+        )
+    else:
+        status = "queued"
+        values.update(error=f"{reason}; requeued for attempt {job.attempt + 1}")
+    if not counted:
+        values.update(preemptions=Job.preemptions + 1)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.attempt == job.attempt, Job.status == "running")
+        .values(status=status, **values)
+        .execution_options(synchronize_session=False)
     )
-    job_ids = list(session.scalars(stale))
-    if job_ids:
-        error = (
-            f"worker lost: no heartbeat since before {stale_before.isoformat()} "
-            "(the worker process was killed or its machine stopped); resubmit the job"
+    if _rowcount(result) != 1:
+        return None
+    return Released(job_id=job.id, attempt=job.attempt, status=status, queue=job.queue)
+
+
+def _locked_running(session: Session, *conditions: ColumnElement[bool]) -> list[Job]:
+    stmt = (
+        select(Job)
+        .where(Job.status == "running", *conditions)
+        .with_for_update(skip_locked=True)
+        .execution_options(populate_existing=True)
+    )
+    return list(session.scalars(stmt))
+
+
+def expire_leases(*, session: Session, now: datetime) -> list[Released]:
+    """Requeue (or, after their last attempt, fail) running jobs whose lease expired."""
+    released = []
+    for job in _locked_running(session, Job.lease_expires_at < now):
+        lost = job.lease_expires_at or now
+        reason = (
+            f"worker lost: {job.worker or 'its worker'} stopped renewing the lease at "
+            f"{lost.isoformat(timespec='seconds')} (killed, paused or cut off)"
         )
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(job_ids), Job.status == "running")
-            .values(status="failed", error=error, finished_at=utcnow())
-            .execution_options(synchronize_session=False)
+        if (outcome := _release(session, job, reason, counted=True)) is not None:
+            released.append(outcome)
+    return released
+
+
+def release_attempt(
+    *, session: Session, job_id: str, attempt: int, reason: str, counted: bool = True
+) -> Released | None:
+    """Take back one running attempt now (its process died, or it stopped gracefully:
+    ``counted=False`` does not use up an attempt). None if it is not running any more."""
+    jobs = _locked_running(session, Job.id == job_id, Job.attempt == attempt)
+    return _release(session, jobs[0], reason, counted=counted) if jobs else None
+
+
+@dataclass(frozen=True)
+class RunningAttempt:
+    job_id: str
+    attempt: int
+    worker_id: str | None
+    worker_pid: int | None
+
+
+def list_running_attempts(*, session: Session, worker_ids: Sequence[str]) -> list[RunningAttempt]:
+    """The running jobs claimed by these worker processes."""
+    if not worker_ids:
+        return []
+    rows = session.execute(
+        select(Job.id, Job.attempt, Job.worker_id, Job.worker_pid).where(
+            Job.status == "running", Job.worker_id.in_(worker_ids)
         )
-    return job_ids
+    ).all()
+    return [RunningAttempt(*row) for row in rows]
+
+
+def record_checkpoint(*, session: Session, job_id: str, name: str) -> str | None:
+    """Point the job at its newest checkpoint (inside a guarded transaction); returns the
+    checkpoint it replaces."""
+    previous = session.scalar(select(Job.checkpoint).where(Job.id == job_id))
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(checkpoint=name)
+        .execution_options(synchronize_session=False)
+    )
+    return previous
+
+
+# --- worker processes -------------------------------------------------------------------
+
+
+def beat_worker(*, session: Session, worker_id: str, hostname: str, pid: int, queues: str) -> None:
+    """Insert or refresh a live worker process's row."""
+    now = utcnow()
+    result = session.execute(
+        update(WorkerNode)
+        .where(WorkerNode.id == worker_id)
+        .values(heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(result) == 0:
+        session.add(
+            WorkerNode(
+                id=worker_id,
+                hostname=hostname,
+                pid=pid,
+                queues=queues,
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+        session.flush()
+
+
+def forget_workers(*, session: Session, worker_ids: Sequence[str]) -> None:
+    if worker_ids:
+        session.execute(delete(WorkerNode).where(WorkerNode.id.in_(worker_ids)))
+
+
+def list_workers(*, session: Session, hostname: str | None = None) -> Sequence[WorkerNode]:
+    stmt = select(WorkerNode)
+    if hostname is not None:
+        stmt = stmt.where(WorkerNode.hostname == hostname)
+    return session.scalars(stmt.order_by(WorkerNode.started_at)).all()
+
+
+def count_live_workers(*, session: Session, beat_after: datetime) -> int:
+    stmt = select(func.count()).where(WorkerNode.heartbeat_at >= beat_after)
+    return int(session.scalar(stmt) or 0)
 
 
 def update_progress(*, session: Session, job_id: str, epoch: int, step: int) -> None:

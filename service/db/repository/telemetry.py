@@ -78,6 +78,19 @@ def save_run_plan(
     )
 
 
+def discard_after(*, session: Session, job_id: str, step: int, epoch: int) -> None:
+    """Delete what a run recorded after a checkpoint (layer statistics and histograms
+    after ``step``, epoch metrics after ``epoch``), before a resumed attempt writes: it
+    records those again, so every (layer, step) and every epoch stays once."""
+    session.execute(delete(LayerStat).where(LayerStat.job_id == job_id, LayerStat.step > step))
+    session.execute(
+        delete(LayerHistogram).where(LayerHistogram.job_id == job_id, LayerHistogram.step > step)
+    )
+    session.execute(
+        delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch > epoch)
+    )
+
+
 def add_epoch_metric(*, session: Session, job_id: str, metric: Mapping[str, float | int]) -> None:
     row: dict[str, Any] = {"job_id": job_id, "epoch": int(metric["epoch"])}
     row.update({name: _float_or_none(metric.get(name)) for name in EPOCH_METRIC_COLUMNS})
