@@ -112,7 +112,9 @@ def cancel_job(job: JobDep, session: SessionDep) -> JobRead:
     response_class=FileResponse,
     responses={
         200: {
-            "content": {"application/octet-stream": {}},
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
             "description": "The final weights (the model's state dict) as a safetensors file",
         },
         **error_responses(404, 422),
