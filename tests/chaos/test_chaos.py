@@ -71,8 +71,8 @@ def _detect_and_recover(stack: ChaosStack, job_id: str, since: float) -> tuple[f
     """Seconds from the fault until attempt 1 was taken back, and until 2 was running."""
     stack.wait_job(job_id, _requeued, timeout=RECOVERY_BOUND_S)
     detected = time.monotonic() - since
-    job = stack.wait_job(job_id, _running_again(2), timeout=RECOVERY_BOUND_S)
-    return detected, time.monotonic() - since if job else 0.0
+    stack.wait_job(job_id, _running_again(2), timeout=RECOVERY_BOUND_S)
+    return detected, time.monotonic() - since
 
 
 def _finished(job: dict[str, Any]) -> bool:
