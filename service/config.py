@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         3, ge=1, le=300, description="Seconds to open a PostgreSQL connection (libpq: at least 2)."
     )
     database_statement_timeout_s: float = Field(
-        10.0,
+        5.0,
         gt=0,
         le=3600,
         description="Longest a PostgreSQL statement may take, enforced by the server and by "

@@ -68,7 +68,10 @@ class RecorderOverflowError(RuntimeError):
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT_ERRORS)
+    """An unreachable, cut or timed-out database, whatever the driver called it."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
 
 
 def retry_transient(
@@ -82,8 +85,8 @@ def retry_transient(
     while True:
         try:
             return write()
-        except TRANSIENT_ERRORS:
-            if deadline is not None and time.monotonic() >= deadline:
+        except Exception as exc:
+            if not is_transient(exc) or (deadline is not None and time.monotonic() >= deadline):
                 raise
             logger.warning("%s: database unreachable, retrying in %.2f s", what, backoff)
         time.sleep(backoff)
@@ -300,7 +303,9 @@ class Recorder:
                 self._write_checkpoint(state)
                 pending = pending[1:]
                 self._written([state])
-            except TRANSIENT_ERRORS:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 self._back_off()
                 return pending
         self._retrying_since = None

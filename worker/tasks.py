@@ -41,11 +41,11 @@ from worker.celery_app import app, configure_torch
 from worker.engine.checkpoint import TrainState
 from worker.engine.events import TrainResult
 from worker.recorder import (
-    TRANSIENT_ERRORS,
     CheckpointStore,
     Recorder,
     RecorderOverflowError,
     SessionFactory,
+    is_transient,
     retry_transient,
 )
 
@@ -57,11 +57,6 @@ MAX_ERROR_CHARS = 8_000
 SUSPEND = threading.Event()
 # Returned by run_job when the attempt lost its lease and stopped without writing.
 STALE = "stale"
-# Failures of the database rather than of the job: the attempt ends and is retried.
-ATTEMPT_ENDING_ERRORS: tuple[type[BaseException], ...] = (
-    RecorderOverflowError,
-    *TRANSIENT_ERRORS,
-)
 
 
 @lru_cache(maxsize=4)
@@ -424,13 +419,13 @@ def _run_job(
     except StaleAttempt:
         logger.warning("job %s: attempt %d is stale; it stopped and wrote nothing", job_id, attempt)
         return STALE
-    except ATTEMPT_ENDING_ERRORS as exc:
-        # The database, not the job, failed: this attempt ends, the next one resumes.
-        logger.error("job %s: attempt %d ends: %s", job_id, attempt, exc)
-        reason = str(exc) if isinstance(exc, RecorderOverflowError) else "database unreachable"
-        released = _release(settings, job_id, attempt=attempt, reason=reason, counted=True)
-        return released.status if released else STALE
     except BaseException as exc:
+        if isinstance(exc, RecorderOverflowError) or is_transient(exc):
+            # The database, not the job, failed: this attempt ends, the next one resumes.
+            logger.error("job %s: attempt %d ends: %s", job_id, attempt, exc)
+            reason = str(exc) if isinstance(exc, RecorderOverflowError) else "database unreachable"
+            released = _release(settings, job_id, attempt=attempt, reason=reason, counted=True)
+            return released.status if released else STALE
         # Whatever happened, the job must not stay "running".
         logger.exception("job %s failed", job_id)
         text = "".join(traceback.format_exception_only(exc)).strip()

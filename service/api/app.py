@@ -53,7 +53,11 @@ async def service_error_handler(_request: Request, exc: Exception) -> JSONRespon
 
 
 async def database_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    """An unreachable or timed-out database is a 503 with Retry-After, never a 500."""
+    """An unreachable, cut or timed-out database is a 503 with Retry-After, never a 500
+    (other database errors are bugs, and stay 500s)."""
+    lost = isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    if not (isinstance(exc, DATABASE_UNAVAILABLE) or lost):
+        raise exc
     logger.warning("database error in %s %s: %s", request.method, request.url.path, exc)
     return await service_error_handler(request, DatabaseUnavailable())
 
@@ -110,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics_registry = registry
 
     app.add_exception_handler(ServiceError, service_error_handler)
-    for unavailable in DATABASE_UNAVAILABLE:
+    for unavailable in (*DATABASE_UNAVAILABLE, sa_exc.DBAPIError):
         app.add_exception_handler(unavailable, database_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.include_router(_v1_router())

@@ -43,7 +43,13 @@ CLIENT_DEADLINE_MARGIN_S = 0.5
 @dataclass(frozen=True)
 class DatabaseTimeouts:
     connect_s: int = 3
-    statement_s: float = 10.0
+    statement_s: float = 5.0
+
+
+@dataclass
+class _Armed:
+    fd: int
+    cut: bool = False
 
 
 class Watchdog:
@@ -63,21 +69,22 @@ class Watchdog:
             return
         self._pid = os.getpid()
         self._cond = threading.Condition()
-        self._armed: dict[int, int] = {}  # token -> socket fd
+        self._armed: dict[int, _Armed] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap of (deadline, token)
         thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
         thread.start()
 
     @contextlib.contextmanager
-    def guard(self, fd: int, seconds: float) -> Iterator[None]:
+    def guard(self, fd: int, seconds: float) -> Iterator[_Armed]:
+        """Arm a deadline around one call; the value says afterwards whether it was cut."""
         self._ensure_started()
-        token = next(self._tokens)
+        token, armed = next(self._tokens), _Armed(fd)
         with self._cond:
-            self._armed[token] = fd
+            self._armed[token] = armed
             heapq.heappush(self._deadlines, (time.monotonic() + seconds, token))
             self._cond.notify()
         try:
-            yield
+            yield armed
         finally:
             with self._cond:
                 self._armed.pop(token, None)
@@ -98,7 +105,9 @@ class Watchdog:
                 heapq.heappop(self._deadlines)
                 # Still armed under the lock: the call has not returned, so its
                 # connection (and this fd) is still open.
-                self._cut(self._armed.pop(token))
+                armed = self._armed.pop(token)
+                armed.cut = True
+                self._cut(armed.fd)
 
     @staticmethod
     def _cut(fd: int) -> None:
@@ -126,11 +135,26 @@ def statement_deadline(seconds: float) -> Iterator[None]:
         _local.deadline_s = previous
 
 
-def _guarded(method: Callable[..., Any], fd_of: Callable[..., int], default_s: float) -> Any:
+def _guarded(
+    method: Callable[..., Any],
+    fd_of: Callable[..., int],
+    default_s: float,
+    disconnected: type[Exception],
+) -> Any:
     def call(*args: Any, **kwargs: Any) -> Any:
         seconds = getattr(_local, "deadline_s", None) or default_s
-        with WATCHDOG.guard(fd_of(*args), seconds):
-            return method(*args, **kwargs)
+        with WATCHDOG.guard(fd_of(*args), seconds) as armed:
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                if not armed.cut:
+                    raise
+                # Whatever the driver made of the cut (in pipeline mode psycopg may say
+                # InternalError), it is a lost connection: SQLAlchemy drops it, and
+                # callers see the OperationalError of an unreachable database.
+                raise disconnected(
+                    f"no answer within {seconds:g} s; the connection was cut"
+                ) from exc
 
     return call
 
@@ -145,10 +169,14 @@ def _connection_fd(dbapi_connection: Any, *_: Any) -> int:
 
 def _guard_postgres_calls(engine: Engine, deadline_s: float) -> None:
     dialect: Any = engine.dialect
-    for name in ("do_execute", "do_executemany", "do_execute_no_params"):
-        setattr(dialect, name, _guarded(getattr(dialect, name), _cursor_fd, deadline_s))
-    for name in ("do_commit", "do_rollback", "do_ping"):
-        setattr(dialect, name, _guarded(getattr(dialect, name), _connection_fd, deadline_s))
+    disconnected = dialect.loaded_dbapi.OperationalError
+    for names, fd_of in (
+        (("do_execute", "do_executemany", "do_execute_no_params"), _cursor_fd),
+        (("do_commit", "do_rollback", "do_ping"), _connection_fd),
+    ):
+        for name in names:
+            method = _guarded(getattr(dialect, name), fd_of, deadline_s, disconnected)
+            setattr(dialect, name, method)
 
 
 def _ensure_sqlite_folder(url: str) -> None:

@@ -54,12 +54,13 @@ CHAOS_ENV = {
     "TRAINLAB_RECONCILE_INTERVAL_S": "0.5",
     "TRAINLAB_RESEND_AFTER_S": "3",
     "TRAINLAB_DATABASE_CONNECT_TIMEOUT_S": "2",
-    "TRAINLAB_DATABASE_STATEMENT_TIMEOUT_S": "2",
+    "TRAINLAB_DATABASE_STATEMENT_TIMEOUT_S": "3",
     "TRAINLAB_BROKER_TIMEOUT_S": "0.5",
     "TRAINLAB_BROKER_POLLING_INTERVAL": "0.1",
 }
-# A request that takes longer than this has hung (the API's own bounds are ~2.5 s).
-REQUEST_TIMEOUT_S = 6.0
+# A request that takes longer than this has hung (the API's own bound on a frozen
+# database: a 3.5 s cut of the pool's ping, then a 2 s connect timeout).
+REQUEST_TIMEOUT_S = 8.0
 # A job of 20 epochs of 40 steps, about a second an epoch here: it is still training
 # when each fault strikes, and it checkpoints every epoch.
 EPOCHS = 12
@@ -192,6 +193,14 @@ class TcpProxy:
 
     def close(self) -> None:
         self.cut()
+
+        async def finish() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        self._call(finish())
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 

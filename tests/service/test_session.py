@@ -1,0 +1,58 @@
+"""Database timeouts that hold when PostgreSQL (or the network to it) freezes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import select, text
+
+from service.db.session import DatabaseTimeouts, make_engine, statement_deadline
+from tests.chaos.conftest import TcpProxy
+
+pytestmark = pytest.mark.postgres
+
+# Liveness bound: a cut call returns long before this, even on a loaded machine.
+HANG_BOUND_S = 20.0
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    proxy = TcpProxy(5432)
+    yield proxy
+    proxy.close()
+
+
+def test_a_call_to_a_frozen_server_is_cut_and_the_engine_recovers(
+    proxy: TcpProxy, pg_url: str
+) -> None:
+    url = pg_url.replace(":5432/", f":{proxy.port}/")
+    engine = make_engine(url, timeouts=DatabaseTimeouts(connect_s=2, statement_s=1.0))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(select(1)).scalar() == 1
+        proxy.stall()  # the server never answers; the kernel still acknowledges
+        started = time.monotonic()
+        with pytest.raises(sa_exc.OperationalError), engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        assert time.monotonic() - started < HANG_BOUND_S
+        proxy.restore()
+        with engine.connect() as conn:  # the cut connection was dropped, a new one works
+            assert conn.execute(select(1)).scalar() == 1
+    finally:
+        proxy.restore()
+        engine.dispose()
+
+
+def test_the_server_cancels_a_slow_statement(pg_url: str) -> None:
+    engine = make_engine(pg_url, timeouts=DatabaseTimeouts(connect_s=2, statement_s=0.5))
+    try:
+        with pytest.raises(sa_exc.OperationalError, match="statement timeout"):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_sleep(5)"))
+        with statement_deadline(5.0), engine.connect() as conn:
+            assert conn.execute(select(1)).scalar() == 1
+    finally:
+        engine.dispose()
