@@ -49,9 +49,11 @@ def test_a_call_to_a_frozen_server_is_cut_and_the_engine_recovers(
 def test_the_server_cancels_a_slow_statement(pg_url: str) -> None:
     engine = make_engine(pg_url, timeouts=DatabaseTimeouts(connect_s=2, statement_s=0.5))
     try:
-        with pytest.raises(sa_exc.OperationalError, match="statement timeout"):
-            with engine.connect() as conn:
-                conn.execute(text("SELECT pg_sleep(5)"))
+        with (
+            pytest.raises(sa_exc.OperationalError, match="statement timeout"),
+            engine.connect() as conn,
+        ):
+            conn.execute(text("SELECT pg_sleep(5)"))
         with statement_deadline(5.0), engine.connect() as conn:
             assert conn.execute(select(1)).scalar() == 1
     finally:
