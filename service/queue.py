@@ -8,6 +8,7 @@ from :func:`broker_config`, so the two cannot disagree about where messages go.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -112,6 +113,16 @@ def queue_for(device: str) -> str:
 # Broker calls run here so that a caller can stop waiting at its deadline; a call left
 # behind ends by itself within its socket timeouts.
 _calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="broker-call")
+
+
+def _after_fork_in_child() -> None:
+    # A forked worker process gets neither the parent's threads nor its broker sockets.
+    global _calls
+    _calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="broker-call")
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _within(seconds: float, call: Callable[[], T]) -> T:

@@ -59,20 +59,29 @@ SUSPEND = threading.Event()
 STALE = "stale"
 
 
-@lru_cache(maxsize=4)
-def _cached_factory(url: str, connect_s: int, statement_s: float) -> sessionmaker[Session]:
+@lru_cache(maxsize=8)
+def _cached_factory(
+    pid: int, url: str, connect_s: int, statement_s: float
+) -> sessionmaker[Session]:
     settings = Settings(
         _env_file=None,
         database_url=url,
         database_connect_timeout_s=connect_s,
         database_statement_timeout_s=statement_s,
     )
-    # Created lazily in the process that uses it: never share a pool across a fork.
     return make_session_factory(engine_for(settings))
 
 
 def session_factory_for(settings: Settings) -> sessionmaker[Session]:
+    """This process's session factory for ``settings``' database.
+
+    Keyed by pid: a pool child forked after the main process (its reconciler) opened
+    connections inherits them, and two processes on one PostgreSQL socket corrupt each
+    other's conversations. The inherited engine is left alone (psycopg never closes a
+    connection from a process other than the one that opened it).
+    """
     return _cached_factory(
+        os.getpid(),
         settings.resolved_database_url,
         settings.database_connect_timeout_s,
         settings.database_statement_timeout_s,
