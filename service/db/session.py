@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
@@ -48,6 +49,9 @@ class DatabaseTimeouts:
 
 @dataclass
 class _Armed:
+    # A duplicate of the connection's socket, owned by the guard: if the driver closes
+    # its own descriptor during the call, the number can be handed to another socket
+    # at once (an HTTP client's, say); the duplicate still names the database's.
     fd: int
     cut: bool = False
 
@@ -78,7 +82,7 @@ class Watchdog:
     def guard(self, fd: int, seconds: float) -> Iterator[_Armed]:
         """Arm a deadline around one call; the value says afterwards whether it was cut."""
         self._ensure_started()
-        token, armed = next(self._tokens), _Armed(fd)
+        token, armed = next(self._tokens), _Armed(os.dup(fd))
         with self._cond:
             self._armed[token] = armed
             heapq.heappush(self._deadlines, (time.monotonic() + seconds, token))
@@ -86,8 +90,9 @@ class Watchdog:
         try:
             yield armed
         finally:
-            with self._cond:
+            with self._cond:  # after this, the watchdog can no longer cut through it
                 self._armed.pop(token, None)
+            os.close(armed.fd)
 
     def _run(self) -> None:
         with self._cond:
@@ -103,8 +108,7 @@ class Watchdog:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._deadlines)
-                # Still armed under the lock: the call has not returned, so its
-                # connection (and this fd) is still open.
+                # Still armed under the lock, so the guard has not closed its duplicate.
                 armed = self._armed.pop(token)
                 armed.cut = True
                 self._cut(armed.fd)
@@ -224,7 +228,25 @@ def engine_for(settings: Settings) -> Engine:
     return make_engine(settings.resolved_database_url, timeouts=timeouts)
 
 
+class QuietCloseSession(Session):
+    """A session whose ``close`` never raises.
+
+    Closing rolls back what is still open. On a connection the watchdog has cut (or the
+    network dropped) that rollback fails; nothing is lost by it (a commit is its own
+    call, which does raise), so the connection is discarded instead of turning a
+    request that already has its answer into a dropped connection.
+    """
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except SQLAlchemyError:
+            logger.warning("closing a session failed; its connections are discarded")
+            with contextlib.suppress(SQLAlchemyError):
+                self.invalidate()
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     # expire_on_commit=False: objects stay readable after the use case commits
     # (the API serialises them after commit; the worker keeps using them).
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    return sessionmaker(bind=engine, expire_on_commit=False, class_=QuietCloseSession)

@@ -9,7 +9,12 @@ import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, text
 
-from service.db.session import DatabaseTimeouts, make_engine, statement_deadline
+from service.db.session import (
+    DatabaseTimeouts,
+    make_engine,
+    make_session_factory,
+    statement_deadline,
+)
 from tests.chaos.conftest import TcpProxy
 
 pytestmark = pytest.mark.postgres
@@ -57,4 +62,28 @@ def test_the_server_cancels_a_slow_statement(pg_url: str) -> None:
         with statement_deadline(5.0), engine.connect() as conn:
             assert conn.execute(select(1)).scalar() == 1
     finally:
+        engine.dispose()
+
+
+def test_a_session_that_cannot_roll_back_on_close_still_closes(
+    proxy: TcpProxy, pg_url: str
+) -> None:
+    # The chaos test's dropped connections: a read finished, then the server froze and the
+    # rollback of the session's close was cut. Closing must not raise (the request that
+    # read has its answer); the cut connection is discarded, not reused.
+    url = pg_url.replace(":5432/", f":{proxy.port}/")
+    engine = make_engine(url, timeouts=DatabaseTimeouts(connect_s=2, statement_s=1.0))
+    factory = make_session_factory(engine)
+    try:
+        session = factory()
+        assert session.execute(select(1)).scalar() == 1
+        proxy.stall()
+        started = time.monotonic()
+        session.close()  # the rollback is cut by the watchdog: no exception
+        assert time.monotonic() - started < HANG_BOUND_S
+        proxy.restore()
+        with factory() as fresh:
+            assert fresh.execute(select(1)).scalar() == 1
+    finally:
+        proxy.restore()
         engine.dispose()
