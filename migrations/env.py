@@ -62,9 +62,20 @@ def run_migrations_online() -> None:
     engine = make_engine(_database_url())
     try:
         with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                # Batch mode recreates a table (copy, DROP, rename): with foreign keys on,
+                # dropping ``job`` would cascade into every table that references it and
+                # delete their rows. The pragma only works outside a transaction.
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
             _configure(conn)
             with context.begin_transaction():
                 context.run_migrations()
+            if sqlite:
+                conn.commit()
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
     finally:
         engine.dispose()
 

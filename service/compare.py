@@ -14,7 +14,9 @@ from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.db.repository.telemetry import EPOCH_METRIC_COLUMNS
 from service.errors import InvalidRequest, JobNotFound
+from service.keys import Principal
 from service.kit.jsonnum import json_number
+from service.telemetry import LAYER_INDEX
 
 MAX_COMPARE_JOBS = 20
 LAYER_STATS = LAYER_STAT_COLUMNS
@@ -72,6 +74,7 @@ def _aligned(
 def compare_jobs(
     *,
     session: Session,
+    principal: Principal,
     job_ids: Sequence[str],
     stat: str | None = None,
     metric: str | None = None,
@@ -81,17 +84,19 @@ def compare_jobs(
     """The series of each job in the order asked, on the union of their steps (epochs).
 
     ``layer`` is a layer index or a module name, looked up in each job's own layer table.
-    Unknown job ids are a 404; a job that has not recorded the layer has all None values.
+    Unknown job ids, and those of another owner, are a 404; a job that has not recorded the
+    layer has all None values.
     """
     _check_quantity(stat, metric)
-    found = {job.id: job for job in job_queries.get_jobs(session=session, job_ids=job_ids)}
+    jobs = job_queries.get_jobs(session=session, job_ids=job_ids, owner=principal.scope)
+    found = {job.id: job for job in jobs}
     missing = [job_id for job_id in job_ids if job_id not in found]
     if missing:
         raise JobNotFound(missing[0])
     points: dict[str, dict[int, float | None]] = {}
     layer_of: dict[str, tuple[int, str]] = {}
     if stat is not None:
-        by_index = layer.lstrip("-").isdigit()
+        by_index = LAYER_INDEX.fullmatch(layer) is not None
         rows = telemetry_queries.compare_layer_stat(
             session=session,
             job_ids=list(job_ids),

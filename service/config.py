@@ -6,10 +6,15 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+import limits
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.admission import AdmissionLimits
+from service.keys import KeyEntry, parse_key_entries
 from service.specs import SpecLimits
+
+MIB = 2**20
 
 
 def _cpu_share() -> int:
@@ -41,11 +46,89 @@ class Settings(BaseSettings):
         0.1, gt=0, description="Seconds between polls of a server-less broker."
     )
 
+    # --- who may call, and how often (README "Security") ---
     api_keys: list[str] = Field(
-        default_factory=list, description="When set, every /v1 request needs X-API-Key."
+        default_factory=list,
+        description="Hashes of the API keys ('sha256:<hex>', optionally 'name=sha256:<hex>'; "
+        "`trainlab keys new` makes one). When any key is set, every /v1 request needs "
+        "X-API-Key and sees only what its key made.",
     )
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description="Hashes of admin keys: valid keys that see every owner's jobs, sweeps "
+        "and datasets.",
+    )
+    rate_limit: str = Field(
+        "600/minute",
+        description="Requests per principal (or per client address with keys off), in the "
+        "`limits` notation ('10/second;600/minute'); over it a 429 with Retry-After.",
+    )
+    auth_failure_limit: str = Field(
+        "10/minute",
+        description="Wrong or missing keys per client address; past it every /v1 request "
+        "from that address is a 429 until the window passes.",
+    )
+    rate_limit_storage_url: str = Field(
+        "memory://",
+        description="Where the rate counters live: memory:// (one API process) or a "
+        "redis:// URL shared by several API processes.",
+    )
+    max_active_jobs: int = Field(
+        100, ge=1, description="Queued plus running jobs per principal; over it a 429."
+    )
+    max_datasets: int = Field(50, ge=1, description="Stored datasets per principal.")
+    max_dataset_storage_bytes: int = Field(
+        1_000_000_000, ge=1_000, description="Bytes of stored datasets per principal."
+    )
+
+    # --- request bodies ---
     max_body_bytes: int = Field(1_000_000, ge=1_000)
     max_upload_bytes: int = Field(20_000_000, ge=1_000)
+    max_upload_inflation: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="An uploaded .npz may hold at most this many times max_upload_bytes "
+        "once decompressed (checked from the array headers, before anything is allocated).",
+    )
+    max_concurrent_uploads: int = Field(
+        2, ge=1, description="Uploads parsed at once by one API process (memory bound)."
+    )
+    body_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request whose body sends nothing for this long (or lies about its "
+        "length) is answered 408 and its connection closed.",
+    )
+    body_total_timeout_s: float = Field(
+        60.0, gt=0, description="The whole body must arrive within this many seconds."
+    )
+
+    # --- admission control at submit: what one job may cost ---
+    max_parameters: int = Field(20_000_000, ge=1, description="Trainable parameters.")
+    max_activation_bytes: int = Field(
+        2048 * MIB, ge=1, description="Estimated activations one training batch keeps."
+    )
+    max_telemetry_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="Layer-statistic (and histogram) rows one job may write: tracked "
+        "layers x steps / every_n_steps.",
+    )
+    max_dataset_bytes: int = Field(
+        512 * MIB, ge=1, description="A job's dataset as the worker holds it, decompressed."
+    )
+    max_run_time_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="Longest estimated run time of one job (the run-time limit's cap).",
+    )
+    assumed_flops_per_s: float = Field(
+        5e10,
+        gt=0,
+        description="Throughput the run-time estimate assumes (high, so that the estimate "
+        "errs short and refuses only jobs that could not finish).",
+    )
 
     max_depth: int = Field(256, ge=1)
     max_width: int = Field(4096, ge=1)
@@ -161,6 +244,20 @@ class Settings(BaseSettings):
         32, ge=1, description="Telemetry steps buffered on the device before one host copy."
     )
 
+    @field_validator("rate_limit", "auth_failure_limit")
+    @classmethod
+    def _rate_limit_notation(cls, value: str) -> str:
+        try:
+            limits.parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"not a rate limit such as '600/minute': {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _keys_are_hashes(self) -> Settings:
+        parse_key_entries(self.api_keys, self.admin_keys)  # ValueError says how to fix
+        return self
+
     @model_validator(mode="after")
     def _heartbeats_fit_in_the_lease(self) -> Settings:
         if self.lease_s < 3 * self.heartbeat_interval_s:
@@ -207,6 +304,28 @@ class Settings(BaseSettings):
             max_batch_size=self.max_batch_size,
             max_time_limit_s=self.max_time_limit_s,
         )
+
+    @property
+    def key_entries(self) -> tuple[KeyEntry, ...]:
+        return parse_key_entries(self.api_keys, self.admin_keys)
+
+    @property
+    def keys_enabled(self) -> bool:
+        return bool(self.api_keys or self.admin_keys)
+
+    @property
+    def admission_limits(self) -> AdmissionLimits:
+        return AdmissionLimits(
+            max_parameters=self.max_parameters,
+            max_activation_bytes=self.max_activation_bytes,
+            max_telemetry_rows=self.max_telemetry_rows,
+            max_dataset_bytes=self.max_dataset_bytes,
+            max_run_seconds=self.max_run_time_s,
+        )
+
+    @property
+    def max_inflated_upload_bytes(self) -> int:
+        return self.max_upload_inflation * self.max_upload_bytes
 
     @property
     def resolved_torch_threads(self) -> int:

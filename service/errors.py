@@ -115,6 +115,27 @@ class Forbidden(ServiceError):
         super().__init__("invalid API key")
 
 
+class TooManyRequests(ServiceError):
+    """429: a rate limit or a quota. ``retry_after`` (seconds) when it is known."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        if retry_after is not None:
+            self.headers = {"Retry-After": str(retry_after)}
+
+
+class DatasetInUse(ServiceError):
+    status_code = 409
+
+    def __init__(self, dataset_id: str, jobs: int) -> None:
+        super().__init__(
+            f"dataset {dataset_id!r} is used by {jobs} queued or running job(s); "
+            "cancel them or wait for them to finish"
+        )
+
+
 class CheckpointNotFound(ServiceError):
     status_code = 404
 

@@ -95,7 +95,8 @@ def job_changes(
     *, session: Session, job_id: str, cursor: JobCursor, diagnose: bool
 ) -> tuple[list[Event], JobCursor, bool]:
     """(events since ``cursor``, the new cursor, whether the stream is over)."""
-    job = job_queries.get_job(session=session, job_id=job_id)
+    # owner None: the stream was opened through JobDep, which checked the caller's access.
+    job = job_queries.get_job(session=session, job_id=job_id, owner=None)
     if job is None:  # deleted while someone watched it
         return [Event("end", cursor.encode(), {"status": "deleted"})], cursor, True
     out: list[Event] = []
@@ -242,7 +243,8 @@ async def sweep_events(
 
     def poll() -> tuple[list[Event], SweepCursor, bool]:
         with session_factory() as session:
-            sweep = sweep_queries.get_sweep(session=session, sweep_id=sweep_id)
+            # owner None: opened through SweepDep, which checked the caller's access.
+            sweep = sweep_queries.get_sweep(session=session, sweep_id=sweep_id, owner=None)
             if sweep is None:
                 return [Event("end", cursor.encode(), {"status": "deleted"})], cursor, True
             return sweep_changes(session=session, sweep=sweep, cursor=cursor)

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service import checkpoints, queue
+from service import admission, checkpoints, queue, quotas
 from service.config import Settings
 from service.db.models import Job
 from service.db.repository import datasets as dataset_queries
@@ -33,6 +33,7 @@ from service.errors import (
     JobNotFound,
     SpecInvalid,
 )
+from service.keys import Principal
 from service.kit import pagination, specpath
 from service.specs import ExperimentSpec, SpecIssue, check_spec
 from service.vocabulary import JobStatus
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 # Query parameters of GET /v1/jobs that are not spec-field filters.
 LIST_PARAMS: frozenset[str] = frozenset({"status", "tag", "name", "sort", "limit", "cursor"})
-MAX_SQL_INT = 2**63 - 1
+# Spec filters compare as SQL INTEGER (CAST ... AS INTEGER): a wider value is refused.
+MAX_SQL_INT = 2**31 - 1
 
 
 # --- submit and cancel ----------------------------------------------------------------
@@ -53,18 +55,32 @@ def request_hash(spec: ExperimentSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def validate_spec(*, session: Session, settings: Settings, spec: ExperimentSpec) -> None:
-    """Cross-field rules, operator limits and the existence of an uploaded dataset."""
+def validate_spec(
+    *, session: Session, settings: Settings, spec: ExperimentSpec, principal: Principal
+) -> None:
+    """Cross-field rules, operator limits, admission control (what the job would cost)
+    and the existence of an uploaded dataset that the caller may use."""
     uploaded_ndim: int | None = None
     issues: list[SpecIssue] = []
+    shape: admission.DataShape | None = None
     if spec.data.is_uploaded:
-        dataset = dataset_queries.get_dataset(session=session, dataset_id=spec.data.dataset)
+        dataset = dataset_queries.get_dataset(
+            session=session, dataset_id=spec.data.dataset, owner=principal.scope
+        )
         if dataset is None:
             msg = f"no uploaded dataset with id {spec.data.dataset!r} (POST /v1/datasets first)"
             issues.append(SpecIssue(("data", "dataset"), msg))
         else:
             uploaded_ndim = len(dataset.x_shape)
+            shape = admission.uploaded_data_shape(
+                spec, x_shape=dataset.x_shape, num_classes=dataset.num_classes
+            )
+    else:
+        shape = admission.builtin_data_shape(spec)
     issues.extend(check_spec(spec, settings.spec_limits, uploaded_ndim=uploaded_ndim))
+    if shape is not None:
+        cost = admission.estimate(spec, shape, flops_per_second=settings.assumed_flops_per_s)
+        issues.extend(admission.check(cost, settings.admission_limits))
     if issues:
         raise SpecInvalid(issues, spec.model_dump(mode="json"))
 
@@ -79,19 +95,28 @@ def submit_job(
     *,
     session: Session,
     settings: Settings,
+    principal: Principal,
     spec: ExperimentSpec,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """Store and enqueue a job. Returns (job, created); created is False on a replay."""
+    """Store and enqueue a job of ``principal``. Returns (job, created); created is False
+    on a replay. Idempotency keys are per principal."""
     body_hash = request_hash(spec)
+    owner = principal.id
     if idempotency_key is not None:
-        existing = job_queries.get_job_by_idempotency_key(session=session, key=idempotency_key)
+        existing = job_queries.get_job_by_idempotency_key(
+            session=session, owner=owner, key=idempotency_key
+        )
         if existing is not None:
             return _replay(existing, body_hash, idempotency_key), False
-    validate_spec(session=session, settings=settings, spec=spec)
+    validate_spec(session=session, settings=settings, spec=spec, principal=principal)
     try:
+        quotas.check_active_jobs(
+            session=session, owner=owner, adding=1, limit=settings.max_active_jobs
+        )
         job = job_queries.create_job(
             session=session,
+            owner=owner,
             spec=spec,
             queue=queue.queue_for(spec.train.device),
             idempotency_key=idempotency_key,
@@ -104,7 +129,9 @@ def submit_job(
         session.rollback()
         if idempotency_key is None:
             raise
-        existing = job_queries.get_job_by_idempotency_key(session=session, key=idempotency_key)
+        existing = job_queries.get_job_by_idempotency_key(
+            session=session, owner=owner, key=idempotency_key
+        )
         if existing is None:
             raise
         return _replay(existing, body_hash, idempotency_key), False
@@ -148,8 +175,9 @@ def final_weights(*, settings: Settings, job: Job) -> Path:
     return path
 
 
-def get_job(*, session: Session, job_id: str) -> Job:
-    job = job_queries.get_job(session=session, job_id=job_id)
+def get_job(*, session: Session, job_id: str, principal: Principal) -> Job:
+    """The job, if ``principal`` may see it; another owner's job is as unknown (404)."""
+    job = job_queries.get_job(session=session, job_id=job_id, owner=principal.scope)
     if job is None:
         raise JobNotFound(job_id)
     return job
@@ -210,9 +238,11 @@ def recent_run_times(*, session: Session, limit: int) -> list[RunTime]:
 
 
 def _filter_value(annotation: Any, raw: str) -> str | int | float | bool | None:
+    """``raw`` validated as the spec field is, bounds included (``train.seed`` at most
+    2**31 - 1): a value the field can never hold is an error, not an empty list."""
     value = TypeAdapter(annotation).validate_python(None if raw == "null" else raw)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SQL_INT:
-        raise ValueError("number too large")
+        raise ValueError(f"must be at most {MAX_SQL_INT} in absolute value")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("must be a finite number")
     if value is not None and not isinstance(value, str | int | float | bool):
@@ -234,7 +264,7 @@ def parse_spec_filters(params: Sequence[tuple[str, str]]) -> list[job_queries.Sp
             continue
         path = specpath.parse(key)
         try:
-            value = _filter_value(specpath.scalar_annotation(path), raw)
+            value = _filter_value(specpath.scalar_field_type(path), raw)
         except specpath.UnknownSpecFieldError as exc:
             msg = f"unknown filter {key!r}: not a scalar field of the experiment spec"
             raise InvalidRequest.single(("query", key), msg, raw) from exc
@@ -252,6 +282,7 @@ def _position(job: Job) -> pagination.Position:
 def list_jobs(
     *,
     session: Session,
+    principal: Principal,
     statuses: Sequence[JobStatus],
     tag: str | None,
     name: str | None,
@@ -264,6 +295,7 @@ def list_jobs(
     after = pagination.decode_cursor(cursor, sort=sort, key_type=datetime) if cursor else None
     rows = job_queries.list_jobs(
         session=session,
+        owner=principal.scope,
         statuses=statuses,
         tag=tag,
         name=name,

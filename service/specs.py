@@ -61,8 +61,9 @@ Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 class _Strict(BaseModel):
     # Unknown fields are an error: a typo such as "activaton" must not silently train
     # the default model. Infinity and NaN are too: no bound means anything for them, and
-    # JSON cannot store them.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # JSON cannot store them. Strict types: "depth": "3" and "skip": 1 are errors, not
+    # quietly converted (a number is a JSON number, a boolean a JSON boolean).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 class AugmentSpec(_Strict):
@@ -266,6 +267,7 @@ class ExperimentSpec(_Strict):
         extra="forbid",
         frozen=True,
         allow_inf_nan=False,
+        strict=True,
         json_schema_extra={"examples": [EXAMPLE_SPEC]},
     )
 

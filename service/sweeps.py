@@ -22,12 +22,13 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from service import diagnosis, jobs, queue
+from service import diagnosis, jobs, queue, quotas
 from service.config import Settings
 from service.db.models import Job, Sweep
 from service.db.repository import jobs as job_queries
 from service.db.repository import sweeps as sweep_queries
 from service.errors import ErrorItem, InvalidRequest, SpecInvalid, SweepNotFound
+from service.keys import Principal
 from service.kit import pagination, specpath
 from service.specs import ExperimentSpec
 from service.vocabulary import JobStatus
@@ -153,6 +154,7 @@ def plan_sweep(
     *,
     session: Session,
     settings: Settings,
+    principal: Principal,
     sweep_id: str,
     name: str,
     base: ExperimentSpec,
@@ -174,7 +176,14 @@ def plan_sweep(
             spec = ExperimentSpec.model_validate(point_doc)
         except ValidationError as exc:
             raise _base_errors(exc) from exc
-        _validate_point(session=session, settings=settings, spec=spec, point=point, grid=normalized)
+        _validate_point(
+            session=session,
+            settings=settings,
+            principal=principal,
+            spec=spec,
+            point=point,
+            grid=normalized,
+        )
         planned.append(PlannedJob(point=point, spec=spec))
     return normalized, planned
 
@@ -183,6 +192,7 @@ def _validate_point(
     *,
     session: Session,
     settings: Settings,
+    principal: Principal,
     spec: ExperimentSpec,
     point: Point,
     grid: Mapping[str, list[Any]],
@@ -193,7 +203,7 @@ def _validate_point(
     (a base field that this combination makes invalid) at the base, naming the point.
     """
     try:
-        jobs.validate_spec(session=session, settings=settings, spec=spec)
+        jobs.validate_spec(session=session, settings=settings, spec=spec, principal=principal)
     except SpecInvalid as exc:
         items: list[ErrorItem] = []
         where = f"(grid point {point_label(point)})"
@@ -216,6 +226,7 @@ def create_sweep(
     *,
     session: Session,
     settings: Settings,
+    principal: Principal,
     base: ExperimentSpec,
     grid: Mapping[str, Sequence[Any]],
     name: str = "",
@@ -229,10 +240,20 @@ def create_sweep(
     sweep_id = uuid.uuid4().hex
     name = (name or base.name or f"sweep-{sweep_id[:8]}")[:NAME_MAX]
     normalized, planned = plan_sweep(
-        session=session, settings=settings, sweep_id=sweep_id, name=name, base=base, grid=grid
+        session=session,
+        settings=settings,
+        principal=principal,
+        sweep_id=sweep_id,
+        name=name,
+        base=base,
+        grid=grid,
+    )
+    quotas.check_active_jobs(
+        session=session, owner=principal.id, adding=len(planned), limit=settings.max_active_jobs
     )
     sweep = sweep_queries.create_sweep(
         session=session,
+        owner=principal.id,
         sweep_id=sweep_id,
         name=name,
         base=base.model_dump(mode="json"),
@@ -241,6 +262,7 @@ def create_sweep(
     created = [
         job_queries.create_job(
             session=session,
+            owner=principal.id,
             spec=item.spec,
             queue=queue.queue_for(item.spec.train.device),
             sweep_id=sweep.id,
@@ -257,8 +279,9 @@ def create_sweep(
 # --- read -----------------------------------------------------------------------------
 
 
-def get_sweep(*, session: Session, sweep_id: str) -> Sweep:
-    sweep = sweep_queries.get_sweep(session=session, sweep_id=sweep_id)
+def get_sweep(*, session: Session, sweep_id: str, principal: Principal) -> Sweep:
+    """The sweep, if ``principal`` may see it; another owner's sweep is as unknown (404)."""
+    sweep = sweep_queries.get_sweep(session=session, sweep_id=sweep_id, owner=principal.scope)
     if sweep is None:
         raise SweepNotFound(sweep_id)
     return sweep
@@ -321,10 +344,14 @@ def _position(sweep: Sweep) -> pagination.Position:
     return pagination.Position(key=sweep.created_at, id=sweep.id)
 
 
-def list_sweeps(*, session: Session, limit: int, cursor: str | None) -> SweepPage:
+def list_sweeps(
+    *, session: Session, principal: Principal, limit: int, cursor: str | None
+) -> SweepPage:
     """Newest first; two queries whatever the page size (sweeps, then job counts)."""
     after = pagination.decode_cursor(cursor, sort=LIST_SORT, key_type=datetime) if cursor else None
-    rows = sweep_queries.list_sweeps(session=session, after=after, limit=limit + 1)
+    rows = sweep_queries.list_sweeps(
+        session=session, owner=principal.scope, after=after, limit=limit + 1
+    )
     page = pagination.page_of(rows, limit=limit, sort=LIST_SORT, position_of=_position)
     counts = sweep_queries.count_sweep_jobs_by_status(
         session=session, sweep_ids=[s.id for s in page.items]

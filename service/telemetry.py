@@ -17,6 +17,11 @@ from service.db.repository import telemetry as telemetry_queries
 from service.errors import InvalidRequest, LandscapeNotAvailable
 from service.kit.jsonnum import json_number
 
+DEFAULT_HISTOGRAM_ROWS = 1_000
+MAX_HISTOGRAM_ROWS = 10_000
+# Points (series x max_points) one /gradients answer may carry, whatever the job's size.
+MAX_SERIES_POINTS = 250_000
+
 
 def epoch_metrics(*, session: Session, job: Job) -> Sequence[EpochMetric]:
     return telemetry_queries.list_epoch_metrics(session=session, job_id=job.id)
@@ -80,6 +85,13 @@ def gradient_series(
     plan = telemetry_queries.list_layers(session=session, job_id=job.id)
     stats = resolve_stats(stat)
     indexes = resolve_layers(plan, layer)
+    layers_asked = len(indexes) if indexes is not None else len(plan)
+    if layers_asked * max_points > MAX_SERIES_POINTS:
+        msg = (
+            f"{layers_asked} layers x max_points {max_points} is more than "
+            f"{MAX_SERIES_POINTS} points: ask for fewer layers or fewer points"
+        )
+        raise InvalidRequest.single(("query", "max_points"), msg, max_points)
     rows = telemetry_queries.list_layer_stats(
         session=session,
         job_id=job.id,
@@ -107,11 +119,26 @@ def gradient_series(
 
 
 def histograms(
-    *, session: Session, job: Job, layer: Sequence[str], step: int | None
+    *,
+    session: Session,
+    job: Job,
+    layer: Sequence[str],
+    step: int | None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    limit: int = DEFAULT_HISTOGRAM_ROWS,
 ) -> Sequence[LayerHistogram]:
+    """At most ``limit`` rows (each up to 512 counts): a long job's histograms are read
+    in pieces, never in one unbounded answer."""
     plan = telemetry_queries.list_layers(session=session, job_id=job.id)
     return telemetry_queries.list_histograms(
-        session=session, job_id=job.id, layer_indexes=resolve_layers(plan, layer), step=step
+        session=session,
+        job_id=job.id,
+        layer_indexes=resolve_layers(plan, layer),
+        step=step,
+        from_step=from_step,
+        to_step=to_step,
+        limit=limit,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -13,9 +14,9 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CollectorRegistry
 from sqlalchemy import exc as sa_exc
 
-from service.api.deps import require_api_key
+from service.api.deps import get_principal
 from service.api.metrics import JobCountCollector, QueueAndRunCollector
-from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.api.middleware import BodyLimitMiddleware, InputGuardMiddleware, MetricsMiddleware
 from service.api.routes import (
     compare,
     dashboard,
@@ -33,7 +34,9 @@ from service.api.schemas.common import error_responses
 from service.config import Settings, get_settings
 from service.db.session import engine_for, make_session_factory
 from service.errors import DatabaseUnavailable, ServiceError
+from service.kit import text
 from service.kit.jsonnum import json_safe
+from service.quotas import RequestLimits
 
 logger = logging.getLogger(__name__)
 
@@ -62,19 +65,35 @@ async def database_error_handler(request: Request, exc: Exception) -> JSONRespon
     return await service_error_handler(request, DatabaseUnavailable())
 
 
+def _echoable(value: Any) -> Any:
+    """An input as a 422 can echo it: non-finite numbers as jsonnum strings (1e400 parses
+    to inf), NUL and lone surrogates replaced (they cannot be written as UTF-8)."""
+    value = json_safe(value)
+    if isinstance(value, str):
+        return text.printable(value)
+    if isinstance(value, dict):
+        return {text.printable(str(k)): _echoable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_echoable(v) for v in value]
+    return value
+
+
 async def validation_error_handler(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422, except that inputs it cannot write as JSON (1e400 parses to inf)
-    are echoed as strings instead of turning the 422 into a 500."""
+    """FastAPI's 422, with every echoed input made writable (see ``_echoable``), so that
+    no input can turn the 422 into a 500."""
     assert isinstance(exc, RequestValidationError)
-    errors = [{**error, "input": json_safe(error.get("input"))} for error in exc.errors()]
-    return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
+    errors = [
+        {**error, "input": _echoable(error.get("input")), "msg": text.printable(error["msg"])}
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": _echoable(jsonable_encoder(errors))}, 422)
 
 
 def _v1_router() -> APIRouter:
     router = APIRouter(
         prefix="/v1",
-        dependencies=[Depends(require_api_key)],
-        responses=error_responses(401, 403),
+        dependencies=[Depends(get_principal)],
+        responses=error_responses(401, 403, 429),
     )
     router.include_router(job_routes.router)
     router.include_router(telemetry.router)
@@ -107,6 +126,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.key_entries = settings.key_entries
+    app.state.request_limits = RequestLimits.from_strings(
+        requests=settings.rate_limit,
+        auth_failures=settings.auth_failure_limit,
+        storage_url=settings.rate_limit_storage_url,
+    )
     app.state.session_factory = make_session_factory(engine)
     registry = CollectorRegistry()
     registry.register(JobCountCollector(app.state.session_factory))
@@ -122,10 +147,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(docs.router)
     app.add_api_route("/", _to_dashboard, include_in_schema=False)
+    # The last added runs first: metrics, then body limits and timeouts, then hygiene.
+    app.add_middleware(InputGuardMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body=settings.max_body_bytes,
         max_upload=settings.max_upload_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+        total_timeout_s=settings.body_total_timeout_s,
     )
     app.add_middleware(MetricsMiddleware, registry=registry)
     return app

@@ -1,19 +1,26 @@
-"""Typed dependencies: ``SettingsDep``, ``SessionDep``, ``SessionFactoryDep``, ``JobDep``
-and the API-key check."""
+"""Typed dependencies: ``SettingsDep``, ``SessionDep``, ``SessionFactoryDep``,
+``PrincipalDep`` (who is calling, checked and rate-limited here), and ``JobDep``,
+``SweepDep``, ``DatasetDep``.
+
+Every route that takes an id takes it through one of the last three, which look the row
+up *as the caller*: another owner's id is a 404, exactly like an unknown one (a 403 would
+tell that the id exists).
+"""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import jobs
+from service import datasets, jobs, keys, sweeps
 from service.config import Settings
-from service.db.models import Job
+from service.db.models import Dataset, Job, Sweep
 from service.errors import Forbidden, Unauthorized
+from service.keys import Principal
+from service.quotas import RequestLimits
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -41,14 +48,75 @@ SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def get_principal(
+    request: Request,
+    settings: SettingsDep,
+    x_api_key: Annotated[
+        str | None,
+        Header(
+            alias="X-API-Key",
+            description="An API key of this server, where it has any (TRAINLAB_API_KEYS, "
+            "TRAINLAB_ADMIN_KEYS): the caller sees only what its key made.",
+        ),
+    ] = None,
+) -> Principal:
+    """The caller: the principal of its key, or the open principal with keys off.
+
+    An address that sent too many wrong keys gets a 429 before its key is compared. A
+    missing key is a 401 and does not count as a guess (a dashboard opened before its key
+    is pasted must not lock itself out); a wrong one is a 403 and does. Then each
+    principal (each client address with keys off) gets ``rate_limit`` requests.
+    """
+    limits: RequestLimits = request.app.state.request_limits
+    address = _client_address(request)
+    if not settings.keys_enabled:
+        limits.hit_request(f"address:{address}")
+        return keys.OPEN
+    limits.check_not_blocked(address)
+    if not x_api_key:
+        raise Unauthorized()
+    principal = keys.authenticate(x_api_key, request.app.state.key_entries)
+    if principal is None:
+        limits.count_auth_failure(address)
+        raise Forbidden()
+    limits.hit_request(f"principal:{principal.id}")
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
 def get_job(
     job_id: Annotated[str, Path(max_length=64, description="The job's id.")],
     session: SessionDep,
+    principal: PrincipalDep,
 ) -> Job:
-    return jobs.get_job(session=session, job_id=job_id)
+    return jobs.get_job(session=session, job_id=job_id, principal=principal)
+
+
+def get_sweep(
+    sweep_id: Annotated[str, Path(max_length=64, description="The sweep's id.")],
+    session: SessionDep,
+    principal: PrincipalDep,
+) -> Sweep:
+    return sweeps.get_sweep(session=session, sweep_id=sweep_id, principal=principal)
+
+
+def get_dataset(
+    dataset_id: Annotated[str, Path(max_length=64, description="The dataset's id (ds_...).")],
+    session: SessionDep,
+    principal: PrincipalDep,
+) -> Dataset:
+    return datasets.get_dataset(session=session, dataset_id=dataset_id, principal=principal)
 
 
 JobDep = Annotated[Job, Depends(get_job)]
+SweepDep = Annotated[Sweep, Depends(get_sweep)]
+DatasetDep = Annotated[Dataset, Depends(get_dataset)]
 
 IdempotencyKeyDep = Annotated[
     str | None,
@@ -56,26 +124,7 @@ IdempotencyKeyDep = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="Repeat a POST safely: the same key and body return the same job.",
+        description="Repeat a POST safely: the same key and body return the same job "
+        "(keys are per API key: another key's equal string is another job).",
     ),
 ]
-
-
-def require_api_key(
-    settings: SettingsDep,
-    x_api_key: Annotated[
-        str | None,
-        Header(
-            alias="X-API-Key",
-            description="One of the server's API keys, where it has any (TRAINLAB_API_KEYS).",
-        ),
-    ] = None,
-) -> None:
-    if not settings.api_keys:
-        return
-    if not x_api_key:
-        raise Unauthorized()
-    if not any(
-        secrets.compare_digest(x_api_key.encode(), key.encode()) for key in settings.api_keys
-    ):
-        raise Forbidden()

@@ -1,6 +1,7 @@
 """The ``trainlab`` command. Server commands (up, worker, migrate) live in ``server``,
-client commands (submit, jobs, show, compare, cancel, retry, plot, status) in ``client``:
-one module per side."""
+client commands (submit, jobs, show, compare, cancel, retry, plot, status) in ``client``,
+and ``trainlab keys new`` (an API key and its settings line) in ``keys``: one module per
+side."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 
 import typer
 
-from service.cli import client, server
+from service.cli import client, keys, server
 
 app = typer.Typer(
     help="trainlab: train deep nets and see why they fail. Client commands talk to the API "
@@ -32,3 +33,4 @@ COMMANDS: tuple[Callable[..., None], ...] = (
 )
 for command in COMMANDS:
     app.command()(command)
+app.add_typer(keys.app, name="keys")

@@ -20,6 +20,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -69,9 +70,16 @@ class Job(Base):
         Index("ix_job_status_heartbeat_at", "status", "heartbeat_at"),
         Index("ix_job_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_job_status_enqueued_at", "status", "enqueued_at"),
+        # Lists of one owner's jobs, and the count of its active ones (quota at submit).
+        Index("ix_job_owner_created_at_id", "owner", "created_at", "id"),
+        Index("ix_job_owner_status", "owner", "status"),
+        # An Idempotency-Key is one owner's: another key's equal string is another job.
+        UniqueConstraint("owner", "idempotency_key", name="uq_job_owner_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The principal whose API key made it (service.keys); "anonymous" with keys off.
+    owner: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200), default="", index=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     status: Mapped[JobStatus] = mapped_column(String(16), default="queued")
@@ -94,7 +102,7 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     device: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set for the jobs of a sweep: which sweep, and the grid point's values by field path.
     sweep_id: Mapped[str | None] = mapped_column(
@@ -143,8 +151,10 @@ class Sweep(Base):
     """A base spec and a grid of spec-field values; its jobs point back with sweep_id."""
 
     __tablename__ = "sweep"
+    __table_args__ = (Index("ix_sweep_owner_created_at_id", "owner", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200), default="")
     base: Mapped[dict[str, Any]] = mapped_column(JSON)
     # {"model.activation": ["sigmoid", "relu"], ...}: the values as validated.
@@ -227,9 +237,13 @@ class Dataset(Base):
     """An uploaded dataset, stored as a normalized .npz (x float32, y int64)."""
 
     __tablename__ = "dataset"
-    __table_args__ = (CheckConstraint(sql_in("layout", DATA_LAYOUTS), name="layout"),)
+    __table_args__ = (
+        CheckConstraint(sql_in("layout", DATA_LAYOUTS), name="layout"),
+        Index("ix_dataset_owner_created_at_id", "owner", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(15), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     n_examples: Mapped[int] = mapped_column(Integer)

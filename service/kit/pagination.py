@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from service.errors import InvalidRequest
+from service.kit import text
 
 T = TypeVar("T")
 CURSOR_LOC = ("query", "cursor")
@@ -72,8 +73,10 @@ def decode_cursor(cursor: str, *, sort: str, key_type: type | tuple[type, ...]) 
         key = _decode_key(payload["k"])
         if not isinstance(row_id, str) or not 0 < len(row_id) <= MAX_ID_CHARS:
             raise ValueError("bad id")
-        if "\x00" in row_id or (isinstance(key, str) and "\x00" in key):
-            raise ValueError("NUL in a cursor field")
+        if text.has_forbidden_chars(row_id) or (
+            isinstance(key, str) and text.has_forbidden_chars(key)
+        ):
+            raise ValueError("NUL or a lone surrogate in a cursor field")
         if not isinstance(key, key_type):
             raise TypeError("wrong key type")
     except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any, get_origin
+from typing import Annotated, Any, get_origin
 
 from pydantic import BaseModel
 
@@ -58,6 +58,17 @@ def scalar_annotation(path: SpecPath, model: type[BaseModel] = ExperimentSpec) -
     if annotation is list or get_origin(annotation) is list:
         raise UnknownSpecFieldError(dotted(path), "a list, not a scalar field")
     return annotation
+
+
+def scalar_field_type(path: SpecPath) -> Any:
+    """The scalar field's annotation with its constraints (bounds, lengths), for
+    validating a value given for it outside a spec (a list filter)."""
+    annotation = scalar_annotation(path)
+    model: type[BaseModel] = ExperimentSpec
+    for part in path[:-1]:
+        model = model.model_fields[part].annotation  # type: ignore[assignment]
+    metadata = model.model_fields[path[-1]].metadata
+    return Annotated[annotation, *metadata] if metadata else annotation
 
 
 def is_scalar_field(path: SpecPath) -> bool:

@@ -29,6 +29,7 @@ from service.db.migrate import upgrade_database
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.db.session import make_engine, make_session_factory
+from service.keys import ANONYMOUS
 from service.specs import ExperimentSpec
 from service.vocabulary import JobStatus
 
@@ -147,10 +148,10 @@ def queue_dir(settings: Settings) -> Path:
     return settings.broker_folder / "queue"
 
 
-def stored_job(session: Session, **spec: object) -> str:
+def stored_job(session: Session, owner: str = ANONYMOUS, **spec: object) -> str:
     """A queued job stored straight through the repository (no API, no broker)."""
     job = job_queries.create_job(
-        session=session, spec=ExperimentSpec.model_validate(spec), queue="cpu"
+        session=session, owner=owner, spec=ExperimentSpec.model_validate(spec), queue="cpu"
     )
     session.commit()
     return job.id

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from service.api.app import create_app
 from service.db.repository import jobs as job_queries
+from service.keys import hash_key
 from service.specs import EXAMPLE_SPEC
 from tests.service.conftest import make_settings, recorded_job
 
@@ -109,7 +110,7 @@ def test_json_body_over_the_limit_is_413(tmp_path: Path, db_url: str) -> None:
 
 
 def test_api_keys_guard_v1_only(tmp_path: Path, db_url: str) -> None:
-    settings = make_settings(tmp_path, db_url, api_keys=["k1", "k2"])
+    settings = make_settings(tmp_path, db_url, api_keys=[hash_key("k1"), hash_key("k2")])
     with TestClient(create_app(settings)) as client:
         missing = client.get("/v1/jobs")
         assert missing.status_code == 401

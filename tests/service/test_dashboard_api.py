@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.keys import hash_key
 from tests.service.conftest import make_settings
 
 ASSETS = {
@@ -57,7 +58,7 @@ def test_unknown_and_escaping_paths_are_404(client: TestClient) -> None:
 
 
 def test_dashboard_is_reachable_without_an_api_key(tmp_path: Path, db_url: str) -> None:
-    settings = make_settings(tmp_path, db_url, api_keys=["k1"])
+    settings = make_settings(tmp_path, db_url, api_keys=[hash_key("k1")])
     with TestClient(create_app(settings)) as client:
         assert client.get("/v1/jobs").status_code == 401
         for path in ("/dashboard", *ASSETS):

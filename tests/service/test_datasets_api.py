@@ -94,7 +94,7 @@ Y = np.arange(12) % 2
         (_npz(x=X, y=np.arange(12) * 100), "a.npz", "C=1101"),
         (_npz(x=X, y=Y[:11]), "a.npz", "12 examples but y has 11"),
         (_npz(x=X[:5], y=Y[:5]), "a.npz", "at least 10"),
-        (_npz(x=np.array([object()] * 12, dtype=object), y=Y), "a.npz", "not a readable"),
+        (_npz(x=np.array([object()] * 12, dtype=object), y=Y), "a.npz", "dtype object"),
         (b"a,label\n1,x\n", "a.csv", "numbers only"),
         (b"a,b,label\n1,2\n", "a.csv", "header 3"),
         (b"\xff\xfe", "a.csv", "UTF-8"),

@@ -10,6 +10,7 @@ from service.db.repository import datasets as dataset_queries
 def test_dataset_content_roundtrip(session: Session) -> None:
     dataset = dataset_queries.create_dataset(
         session=session,
+        owner="anonymous",
         name="d",
         n_examples=10,
         x_shape=[10, 2],

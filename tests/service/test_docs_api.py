@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api.app import create_app
+from service.keys import hash_key
 from tests.service.conftest import make_settings
 
 CONTENT_TYPES = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
@@ -80,7 +81,7 @@ def test_docs_urls_carry_the_root_path_behind_a_proxy(tmp_path: Path, db_url: st
 
 
 def test_docs_and_their_assets_need_no_api_key(tmp_path: Path, db_url: str) -> None:
-    settings = make_settings(tmp_path, db_url, api_keys=["k1"])
+    settings = make_settings(tmp_path, db_url, api_keys=[hash_key("k1")])
     with TestClient(create_app(settings)) as client:
         assert client.get("/v1/jobs").status_code == 401
         for page in ("/docs", "/redoc"):

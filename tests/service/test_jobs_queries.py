@@ -17,7 +17,7 @@ from tests.service.conftest import stored_job
 
 def test_create_job_stores_spec_tags_and_defaults(session: Session) -> None:
     job_id = stored_job(session, name="n", tags=["a", "b", "a"], train={"epochs": 3})
-    job = job_queries.get_job(session=session, job_id=job_id)
+    job = job_queries.get_job(session=session, job_id=job_id, owner=None)
     assert job is not None
     assert (job.status, job.epochs, job.step, job.cancel_requested) == ("queued", 3, 0, False)
     assert job.spec["train"]["epochs"] == 3
@@ -43,7 +43,7 @@ def test_finish_keeps_the_first_outcome(session: Session) -> None:
     job_queries.finish_job(session=session, job_id=job_id, status="succeeded", result={"a": 1})
     job_queries.finish_job(session=session, job_id=job_id, status="failed", error="late")
     session.commit()
-    job = job_queries.get_job(session=session, job_id=job_id)
+    job = job_queries.get_job(session=session, job_id=job_id, owner=None)
     assert job is not None
     assert (job.status, job.result, job.error) == ("succeeded", {"a": 1}, None)
     assert job.finished_at is not None

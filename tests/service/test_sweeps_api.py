@@ -81,7 +81,7 @@ def test_each_job_of_a_sweep_is_enqueued_once(client: TestClient, queue_dir: Pat
 def test_job_names_format_values_as_json_and_default_to_the_base_name(
     client: TestClient,
 ) -> None:
-    sweep = _create(client, name="", grid={"model.skip": [True], "train.lr": ["0.1"]})
+    sweep = _create(client, name="", grid={"model.skip": [True], "train.lr": [0.1]})
     assert sweep["name"] == "sigmoid-depth-20"
     assert sweep["grid"] == {"model.skip": [True], "train.lr": [0.1]}  # validated values
     assert sweep["jobs"][0]["name"] == "sigmoid-depth-20 model.skip=true,train.lr=0.1"
@@ -150,7 +150,8 @@ def test_unknown_or_non_scalar_grid_field_is_422(client: TestClient, key: str) -
     [
         ({}, ["body", "grid"]),
         ({"model.activation": []}, ["body", "grid", "model.activation"]),
-        ({"train.lr": [0.1, "0.1"]}, ["body", "grid", "train.lr", 1]),
+        ({"train.lr": [0.1, 0.10]}, ["body", "grid", "train.lr", 1]),
+        ({"train.lr": [1, 1.0]}, ["body", "grid", "train.lr", 1]),
     ],
 )
 def test_empty_grid_empty_values_and_duplicates_are_422(

@@ -28,7 +28,7 @@ def test_save_run_plan_can_be_repeated(session: Session) -> None:
         )
     session.commit()
     assert len(telemetry_queries.list_layers(session=session, job_id=job_id)) == 1
-    job = job_queries.get_job(session=session, job_id=job_id)
+    job = job_queries.get_job(session=session, job_id=job_id, owner=None)
     assert job is not None and (job.total_steps, job.device) == (9, "cuda")
 
 

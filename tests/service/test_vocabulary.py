@@ -34,7 +34,9 @@ def test_openapi_schemas_take_their_enums_from_the_vocabulary(client: TestClient
 
 
 def test_database_refuses_a_status_outside_the_vocabulary(session: Session) -> None:
-    job = job_queries.create_job(session=session, spec=ExperimentSpec(), queue="cpu")
+    job = job_queries.create_job(
+        session=session, owner="anonymous", spec=ExperimentSpec(), queue="cpu"
+    )
     for status in vocabulary.JOB_STATUSES:
         job.status = status
         session.flush()
@@ -47,7 +49,9 @@ def test_database_refuses_a_status_outside_the_vocabulary(session: Session) -> N
 def test_database_refuses_a_layer_kind_or_layout_outside_the_vocabulary(
     session: Session,
 ) -> None:
-    job = job_queries.create_job(session=session, spec=ExperimentSpec(), queue="cpu")
+    job = job_queries.create_job(
+        session=session, owner="anonymous", spec=ExperimentSpec(), queue="cpu"
+    )
     session.commit()
     layer = {"job_id": job.id, "name": "l", "params": 1, "shape": [1], "activation": None}
     for index, kind in enumerate(vocabulary.LAYER_KINDS):

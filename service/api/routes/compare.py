@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service import compare
-from service.api.deps import SessionDep
+from service.api.deps import PrincipalDep, SessionDep
 from service.api.schemas.common import error_responses
 from service.api.schemas.compare import Comparison
 
@@ -26,6 +26,7 @@ router = APIRouter(tags=["compare"])
 )
 def compare_jobs(
     session: SessionDep,
+    principal: PrincipalDep,
     jobs: Annotated[
         str,
         Query(
@@ -56,6 +57,7 @@ def compare_jobs(
 ) -> Comparison:
     result = compare.compare_jobs(
         session=session,
+        principal=principal,
         job_ids=compare.parse_job_ids(jobs),
         stat=stat,
         metric=metric,

@@ -10,8 +10,7 @@ from fastapi import APIRouter, Header
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service import events
-from service.api.deps import JobDep, SessionFactoryDep, SettingsDep
-from service.api.routes.sweeps import SweepDep
+from service.api.deps import JobDep, SessionFactoryDep, SettingsDep, SweepDep
 from service.api.schemas.common import error_responses
 
 router = APIRouter(tags=["events"])

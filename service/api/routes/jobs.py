@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from service import jobs
-from service.api.deps import IdempotencyKeyDep, JobDep, SessionDep, SettingsDep
+from service.api.deps import IdempotencyKeyDep, JobDep, PrincipalDep, SessionDep, SettingsDep
 from service.api.schemas.common import Page, error_responses
 from service.api.schemas.jobs import SPEC_EXAMPLES, JobRead, job_read
 from service.specs import ExperimentSpec
@@ -26,19 +26,28 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
             "description": "Replay of an earlier request with the same Idempotency-Key",
             "model": JobRead,
         },
-        **error_responses(409, 413, 422, 503),
+        **error_responses(408, 409, 413, 422, 429, 503),
     },
     summary="Submit an experiment",
+    description="The spec is validated, then admitted only if what it would cost stays "
+    "within the server's limits (parameters, activation memory of a batch, telemetry rows, "
+    "dataset size, estimated run time): a 422 names the field and the numbers. A key may "
+    "have at most `max_active_jobs` queued or running jobs (429 past it).",
 )
 def submit_job(
     spec: Annotated[ExperimentSpec, Body(openapi_examples=SPEC_EXAMPLES)],
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     idempotency_key: IdempotencyKeyDep = None,
 ) -> JobRead:
     job, created = jobs.submit_job(
-        session=session, settings=settings, spec=spec, idempotency_key=idempotency_key
+        session=session,
+        settings=settings,
+        principal=principal,
+        spec=spec,
+        idempotency_key=idempotency_key,
     )
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/jobs/{job.id}"
@@ -50,13 +59,15 @@ def submit_job(
     response_model=Page[JobRead],
     responses=error_responses(422),
     summary="List jobs",
-    description="Filters combine with AND. Any other query parameter is a field of the "
+    description="A key sees its own jobs (an admin key every owner's). "
+    "Filters combine with AND. Any other query parameter is a field of the "
     "experiment spec by its dotted name, e.g. `model.activation=sigmoid`, `train.lr=0.05`, "
     "`model.skip=true`, `data.train_size=null`.",
 )
 def list_jobs(
     request: Request,
     session: SessionDep,
+    principal: PrincipalDep,
     status: Annotated[
         list[JobStatus],
         Query(description="Only jobs in these statuses; repeat for several. Default: all."),
@@ -79,6 +90,7 @@ def list_jobs(
 ) -> Page[JobRead]:
     page = jobs.list_jobs(
         session=session,
+        principal=principal,
         statuses=status,
         tag=tag,
         name=name,

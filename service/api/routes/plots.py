@@ -9,8 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import plots
-from service.api.deps import JobDep, SessionDep
-from service.api.routes.sweeps import SweepDep
+from service.api.deps import JobDep, SessionDep, SweepDep
 from service.api.schemas.common import error_responses
 from service.vocabulary import ImageFormat, JobPlotName, SweepPlotName
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
 
 from service import sweeps
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import PrincipalDep, SessionDep, SettingsDep, SweepDep
 from service.api.schemas.common import Page, error_responses
 from service.api.schemas.sweeps import (
     SWEEP_EXAMPLES,
@@ -19,26 +19,15 @@ from service.api.schemas.sweeps import (
     sweep_read,
     sweep_summary,
 )
-from service.db.models import Sweep
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
-
-
-def get_sweep(
-    sweep_id: Annotated[str, Path(max_length=64, description="The sweep's id.")],
-    session: SessionDep,
-) -> Sweep:
-    return sweeps.get_sweep(session=session, sweep_id=sweep_id)
-
-
-SweepDep = Annotated[Sweep, Depends(get_sweep)]
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=SweepRead,
-    responses=error_responses(413, 422, 503),
+    responses=error_responses(408, 413, 422, 429, 503),
     summary="Submit a sweep: one job per grid point",
     description="Every point (the base spec with the grid's values set) is validated like "
     "a job body before anything is stored; an invalid value is a 422 located in the grid "
@@ -51,9 +40,15 @@ def create_sweep(
     response: Response,
     session: SessionDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
 ) -> SweepRead:
     sweep, jobs = sweeps.create_sweep(
-        session=session, settings=settings, base=body.base, grid=body.grid, name=body.name
+        session=session,
+        settings=settings,
+        principal=principal,
+        base=body.base,
+        grid=body.grid,
+        name=body.name,
     )
     response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
     return sweep_read(sweep, jobs)
@@ -67,13 +62,14 @@ def create_sweep(
 )
 def list_sweeps(
     session: SessionDep,
+    principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=200, description="Sweeps per page.")] = 50,
     cursor: Annotated[
         str | None,
         Query(max_length=500, description="`next_cursor` of the previous page. Default: first."),
     ] = None,
 ) -> Page[SweepSummary]:
-    page = sweeps.list_sweeps(session=session, limit=limit, cursor=cursor)
+    page = sweeps.list_sweeps(session=session, principal=principal, limit=limit, cursor=cursor)
     return Page[SweepSummary](
         items=[sweep_summary(s, page.counts[s.id]) for s in page.items],
         next_cursor=page.next_cursor,

@@ -91,14 +91,29 @@ def job_gradients(
     response_model=list[HistogramRead],
     responses=error_responses(404, 422),
     summary="Per-layer gradient histograms",
+    description="Rows in (layer, step) order, at most `limit` of them: narrow with `layer`, "
+    "`step` or `from_step`/`to_step`, and page on with `from_step` past the last step seen.",
 )
 def job_histograms(
     job: JobDep,
     session: SessionDep,
     layer: LayerQuery = [],  # noqa: B006
     step: StepQuery = None,
+    from_step: StepQuery = None,
+    to_step: StepQuery = None,
+    limit: Annotated[
+        int, Query(ge=1, le=telemetry.MAX_HISTOGRAM_ROWS, description="Most rows returned.")
+    ] = telemetry.DEFAULT_HISTOGRAM_ROWS,
 ) -> list[HistogramRead]:
-    rows = telemetry.histograms(session=session, job=job, layer=layer, step=step)
+    rows = telemetry.histograms(
+        session=session,
+        job=job,
+        layer=layer,
+        step=step,
+        from_step=from_step,
+        to_step=to_step,
+        limit=limit,
+    )
     return [HistogramRead.model_validate(row) for row in rows]
 
 

@@ -29,8 +29,10 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     403: "Invalid API key",
     404: "Unknown id",
     409: "Illegal state change or idempotency conflict",
+    408: "The request body did not arrive in time",
     413: "Body too large",
     422: "Validation error",
+    429: "Rate limit or quota reached (Retry-After says when to try again, where known)",
     503: "Broker or database unavailable",
 }
 

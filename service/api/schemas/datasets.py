@@ -13,6 +13,7 @@ class DatasetRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
+    owner: str
     name: str
     n_examples: int
     x_shape: list[int]

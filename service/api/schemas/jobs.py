@@ -27,6 +27,7 @@ class JobRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
+    owner: str = Field(description="The principal whose API key submitted it.")
     name: str
     tags: list[str]
     status: JobStatus

@@ -29,7 +29,7 @@ GRID_DESCRIPTION = (
 
 
 class SweepCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(
         "",
@@ -48,6 +48,7 @@ class SweepCreate(BaseModel):
 
 class SweepRead(BaseModel):
     id: str
+    owner: str
     name: str
     base: dict[str, Any]
     grid: dict[str, list[Any]] = Field(description="The grid as validated (values normalized).")
@@ -83,6 +84,7 @@ class SweepDetail(SweepRead):
 
 class SweepSummary(BaseModel):
     id: str
+    owner: str
     name: str
     base: dict[str, Any]
     grid: dict[str, list[Any]]
@@ -94,6 +96,7 @@ class SweepSummary(BaseModel):
 def sweep_read(sweep: Sweep, jobs: Sequence[Job]) -> SweepRead:
     return SweepRead(
         id=sweep.id,
+        owner=sweep.owner,
         name=sweep.name,
         base=sweep.base,
         grid=sweep.grid,
@@ -130,6 +133,7 @@ def sweep_detail(detail: sweeps.SweepDetail) -> SweepDetail:
 def sweep_summary(sweep: Sweep, counts: Mapping[JobStatus, int]) -> SweepSummary:
     return SweepSummary(
         id=sweep.id,
+        owner=sweep.owner,
         name=sweep.name,
         base=sweep.base,
         grid=sweep.grid,

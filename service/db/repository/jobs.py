@@ -9,7 +9,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -20,7 +30,7 @@ from service.kit.jsonnum import json_safe
 from service.kit.pagination import Position
 from service.kit.specpath import SpecPath
 from service.specs import ExperimentSpec
-from service.vocabulary import FINISHED_STATUSES, JOB_STATUSES, JobStatus
+from service.vocabulary import ACTIVE_STATUSES, FINISHED_STATUSES, JOB_STATUSES, JobStatus
 
 
 def _rowcount(result: Any) -> int:
@@ -33,6 +43,7 @@ def _rowcount(result: Any) -> int:
 def create_job(
     *,
     session: Session,
+    owner: str,
     spec: ExperimentSpec,
     queue: str,
     idempotency_key: str | None = None,
@@ -43,6 +54,7 @@ def create_job(
 ) -> Job:
     job = Job(
         id=uuid.uuid4().hex,
+        owner=owner,
         name=spec.name,
         tags=list(spec.tags),
         status="queued",
@@ -392,17 +404,42 @@ def request_cancel(*, session: Session, job_id: str) -> bool:
 # --- read side ------------------------------------------------------------------------
 
 
-def get_job(*, session: Session, job_id: str) -> Job | None:
-    return session.get(Job, job_id)
+def get_job(*, session: Session, job_id: str, owner: str | None) -> Job | None:
+    """The job, if ``owner`` owns it (None: whoever does)."""
+    job = session.get(Job, job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        return None
+    return job
 
 
-def get_jobs(*, session: Session, job_ids: Sequence[str]) -> Sequence[Job]:
-    """The jobs among ``job_ids`` that exist, in no particular order."""
-    return session.scalars(select(Job).where(Job.id.in_(job_ids))).all()
+def get_jobs(*, session: Session, job_ids: Sequence[str], owner: str | None) -> Sequence[Job]:
+    """The jobs among ``job_ids`` that exist and ``owner`` owns (None: whoever does), in
+    no particular order."""
+    stmt = select(Job).where(Job.id.in_(job_ids))
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
+    return session.scalars(stmt).all()
 
 
-def get_job_by_idempotency_key(*, session: Session, key: str) -> Job | None:
-    return session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+def get_job_by_idempotency_key(*, session: Session, owner: str, key: str) -> Job | None:
+    stmt = select(Job).where(Job.owner == owner, Job.idempotency_key == key)
+    return session.scalars(stmt).one_or_none()
+
+
+def lock_owner(*, session: Session, owner: str) -> None:
+    """Serialize one owner's quota checks until the transaction ends.
+
+    PostgreSQL: a transaction-scoped advisory lock on the owner. SQLite has one writer at
+    a time: the check's transaction writes the new rows before it commits, which holds
+    the database's write lock, so nothing to do here.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:owner))"), {"owner": owner})
+
+
+def count_active_jobs(*, session: Session, owner: str) -> int:
+    stmt = select(func.count()).where(Job.owner == owner, Job.status.in_(sorted(ACTIVE_STATUSES)))
+    return int(session.scalar(stmt) or 0)
 
 
 def count_jobs_by_status(*, session: Session) -> dict[JobStatus, int]:
@@ -463,6 +500,7 @@ def _spec_condition(spec_filter: SpecFilter) -> ColumnElement[bool]:
 def list_jobs(
     *,
     session: Session,
+    owner: str | None,
     statuses: Sequence[JobStatus] = (),
     tag: str | None = None,
     name: str | None = None,
@@ -471,8 +509,11 @@ def list_jobs(
     after: Position | None = None,
     limit: int = 50,
 ) -> Sequence[Job]:
-    """Keyset pagination on (created_at, id); ``after`` is the last row of the previous page."""
+    """Keyset pagination on (created_at, id); ``after`` is the last row of the previous page.
+    ``owner`` None lists every owner's jobs (an admin's view)."""
     stmt = select(Job)
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
     if statuses:
         stmt = stmt.where(Job.status.in_(statuses))
     if tag is not None:

@@ -18,6 +18,7 @@ from service.vocabulary import JOB_STATUSES, JobStatus
 def create_sweep(
     *,
     session: Session,
+    owner: str,
     sweep_id: str,
     name: str,
     base: Mapping[str, Any],
@@ -26,6 +27,7 @@ def create_sweep(
     """The sweep row; its jobs are added with ``jobs.create_job(..., sweep_id=...)``."""
     sweep = Sweep(
         id=sweep_id,
+        owner=owner,
         name=name,
         base=dict(base),
         grid={key: list(values) for key, values in grid.items()},
@@ -36,15 +38,21 @@ def create_sweep(
     return sweep
 
 
-def get_sweep(*, session: Session, sweep_id: str) -> Sweep | None:
-    return session.get(Sweep, sweep_id)
+def get_sweep(*, session: Session, sweep_id: str, owner: str | None) -> Sweep | None:
+    """The sweep, if ``owner`` owns it (None: whoever does)."""
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None or (owner is not None and sweep.owner != owner):
+        return None
+    return sweep
 
 
 def list_sweeps(
-    *, session: Session, after: Position | None = None, limit: int = 50
+    *, session: Session, owner: str | None, after: Position | None = None, limit: int = 50
 ) -> Sequence[Sweep]:
     """Newest first, keyset pagination on (created_at, id) like the job list."""
     stmt = select(Sweep)
+    if owner is not None:
+        stmt = stmt.where(Sweep.owner == owner)
     if after is not None:
         stmt = stmt.where(
             keyset.after(key=Sweep.created_at, row_id=Sweep.id, position=after, descending=True)

@@ -275,14 +275,21 @@ def list_histograms(
     job_id: str,
     layer_indexes: Sequence[int] | None = None,
     step: int | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    limit: int,
 ) -> Sequence[LayerHistogram]:
     stmt = select(LayerHistogram).where(LayerHistogram.job_id == job_id)
     if layer_indexes is not None:
         stmt = stmt.where(LayerHistogram.layer_index.in_(layer_indexes))
     if step is not None:
         stmt = stmt.where(LayerHistogram.step == step)
+    if from_step is not None:
+        stmt = stmt.where(LayerHistogram.step >= from_step)
+    if to_step is not None:
+        stmt = stmt.where(LayerHistogram.step <= to_step)
     order = (LayerHistogram.layer_index, LayerHistogram.step)
-    return session.scalars(stmt.order_by(*order)).all()
+    return session.scalars(stmt.order_by(*order).limit(limit)).all()
 
 
 def get_landscape(*, session: Session, job_id: str) -> Landscape | None:
