@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,40 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory, mnist1d_cache: Path)
         _drop_database(database_url)
         _delete_keys(broker_url, key_prefix)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def api_only(root: Path, backend: str, **settings: str) -> Iterator[str]:
+    """The API alone under uvicorn (no worker: jobs stay queued), on the embedded backend
+    (SQLite, filesystem broker) or the cluster one (PostgreSQL, Redis); yields its URL.
+
+    ``settings`` are extra TRAINLAB_* variables, e.g. ``BODY_READ_TIMEOUT_S="1"``.
+    """
+    data_dir, log_dir = root / "data", root / "logs"
+    log_dir.mkdir(parents=True)
+    env = _base_env(data_dir) | {f"TRAINLAB_{k}": v for k, v in settings.items()}
+    database_url = key_prefix = broker_url = None
+    if backend == "cluster":
+        database_url, broker_url = _require_servers()
+        key_prefix = f"trainlab-it-{uuid.uuid4().hex[:10]}:"
+        env |= {
+            "TRAINLAB_DATABASE_URL": database_url,
+            "TRAINLAB_BROKER_URL": broker_url,
+            "TRAINLAB_BROKER_KEY_PREFIX": key_prefix,
+        }
+    subprocess.run([TRAINLAB, "migrate"], env=env, check=True, capture_output=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory"]
+    process = _start([*command, "--port", str(port)], env, log_dir / "api.log")
+    try:
+        _wait_ready(url, [process], log_dir)
+        yield url
+    finally:
+        _stop([process])
+        if database_url is not None and broker_url is not None and key_prefix is not None:
+            _drop_database(database_url)
+            _delete_keys(broker_url, key_prefix)
 
 
 @pytest.fixture(params=["embedded", "cluster"])
