@@ -29,7 +29,10 @@ AlgorithmOpt = Annotated[str, typer.Option(help=f"One of {', '.join(keys.ALGORIT
 def _entry(key: str, name: str | None, algorithm: str) -> str:
     entry = keys.hash_key(key, algorithm)
     entry = f"{name}={entry}" if name else entry
-    keys.parse_key_entry(entry)  # the name's spelling, checked as the server will
+    try:
+        keys.parse_key_entry(entry)  # the name's spelling, checked as the server will
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--name") from exc
     return entry
 
 

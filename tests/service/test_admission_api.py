@@ -37,7 +37,7 @@ def test_a_model_over_the_parameter_limit_is_422(client: TestClient, queue_dir: 
 
 
 def test_activation_memory_of_a_batch_is_422_at_batch_size(client: TestClient) -> None:
-    spec = {
+    spec: dict[str, Any] = {
         "model": {"arch": "cnn", "depth": 4, "width": 512},
         "train": {"batch_size": 4000, "epochs": 1},
     }
@@ -49,7 +49,7 @@ def test_activation_memory_of_a_batch_is_422_at_batch_size(client: TestClient) -
 
 
 def test_telemetry_rows_over_the_limit_are_422_at_every_n_steps(client: TestClient) -> None:
-    spec = {
+    spec: dict[str, Any] = {
         "data": {"dataset": "spirals", "train_size": 1_000_000},
         "model": {"depth": 3, "width": 8},
         "train": {"epochs": 1, "batch_size": 1},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from service.admission import (
     AdmissionLimits,
+    Estimate,
     builtin_data_shape,
     check,
     estimate,
@@ -14,7 +15,7 @@ from service.specs import ExperimentSpec
 UNLIMITED = AdmissionLimits(10**18, 10**18, 10**18, 10**18, 1e18)
 
 
-def _estimate(**spec: object) -> object:
+def _estimate(**spec: object) -> Estimate:
     parsed = ExperimentSpec.model_validate(spec)
     return estimate(parsed, builtin_data_shape(parsed), flops_per_second=1e9)
 
@@ -35,23 +36,23 @@ def test_default_spec_costs() -> None:
 def test_histograms_double_the_telemetry_rows_and_zero_turns_them_off() -> None:
     plain = _estimate(telemetry={"every_n_steps": 1})
     with_histograms = _estimate(telemetry={"every_n_steps": 1, "histogram_bins": 32})
-    assert with_histograms.telemetry_rows == 2 * plain.telemetry_rows  # type: ignore[attr-defined]
-    assert _estimate(telemetry={"every_n_steps": 0}).telemetry_rows == 0  # type: ignore[attr-defined]
+    assert with_histograms.telemetry_rows == 2 * plain.telemetry_rows
+    assert _estimate(telemetry={"every_n_steps": 0}).telemetry_rows == 0
 
 
 def test_activations_grow_with_the_batch_until_the_training_set_ends() -> None:
     small = _estimate(train={"batch_size": 100})
     large = _estimate(train={"batch_size": 1000})
     capped = _estimate(train={"batch_size": 65_536})  # mnist1d has 4000 training examples
-    assert large.activation_bytes == 10 * small.activation_bytes  # type: ignore[attr-defined]
-    assert capped.activation_bytes == 40 * small.activation_bytes  # type: ignore[attr-defined]
+    assert large.activation_bytes == 10 * small.activation_bytes
+    assert capped.activation_bytes == 40 * small.activation_bytes
 
 
 def test_run_time_grows_with_epochs_and_the_landscape() -> None:
     one, ten = _estimate(train={"epochs": 1}), _estimate(train={"epochs": 10})
-    assert ten.run_seconds == 10 * one.run_seconds  # type: ignore[attr-defined]
+    assert ten.run_seconds == 10 * one.run_seconds
     sliced = _estimate(train={"epochs": 1}, telemetry={"landscape": {"dims": 2, "points": 101}})
-    assert sliced.run_seconds > one.run_seconds  # type: ignore[attr-defined]
+    assert sliced.run_seconds > one.run_seconds
 
 
 def test_uploaded_datasets_are_loaded_whole_and_split_like_the_engine() -> None:

@@ -151,3 +151,49 @@ def test_landscape_grids_move_to_their_table_and_back(empty_db: str) -> None:
     downgrade_database(empty_db, "0003")
     engine.dispose()
     assert _job_results(empty_db)["with"] == {"val_acc": 0.5, "landscape": GRID}
+
+
+def test_owners_arrive_without_losing_rows(empty_db: str) -> None:
+    """0007: existing jobs, sweeps and datasets belong to ``anonymous``; their child rows
+    survive (SQLite recreates ``job`` in batch mode); idempotency keys become per owner."""
+    upgrade_database(empty_db, "0004")
+    now = datetime.now(UTC)
+    engine = make_engine(empty_db)
+    job = text(
+        "INSERT INTO job (id, name, tags, status, spec, queue, epoch, epochs, step, "
+        "total_steps, created_at, cancel_requested, idempotency_key) VALUES (:id, '', '[]', "
+        "'queued', '{}', 'cpu', 0, 1, 0, 0, :now, :false, :key)"
+    )
+    with engine.begin() as conn:
+        conn.execute(job, {"id": "j1", "now": now, "false": False, "key": "k"})
+        conn.execute(
+            text("INSERT INTO layer_stat (job_id, layer_index, step, epoch) VALUES ('j1', 0, 1, 0)")
+        )
+        conn.execute(
+            text(
+                "INSERT INTO dataset (id, name, created_at, n_examples, x_shape, num_classes, "
+                "layout, size_bytes, content) VALUES ('ds_1', 'd', :now, 10, '[10, 2]', 2, "
+                "'table', 1, :blob)"
+            ),
+            {"now": now, "blob": b"x"},
+        )
+    upgrade_database(empty_db)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT owner FROM job")).scalars().all() == ["anonymous"]
+        assert conn.execute(text("SELECT owner FROM dataset")).scalars().all() == ["anonymous"]
+        assert conn.execute(text("SELECT count(*) FROM layer_stat")).scalar() == 1
+        # the same Idempotency-Key under another owner is another job now
+        conn.execute(
+            text(
+                "INSERT INTO job (id, owner, name, tags, status, spec, queue, epoch, epochs, "
+                "step, total_steps, created_at, cancel_requested, idempotency_key) VALUES "
+                "('j2', 'alice', '', '[]', 'queued', '{}', 'cpu', 0, 1, 0, 0, :now, :false, 'k')"
+            ),
+            {"now": now, "false": False},
+        )
+    downgrade_database(empty_db, "0004")
+    with engine.connect() as conn:
+        keys = conn.execute(text("SELECT id, idempotency_key FROM job ORDER BY id")).all()
+        assert [tuple(row) for row in keys] == [("j1", "k"), ("j2", None)]
+        assert conn.execute(text("SELECT count(*) FROM layer_stat")).scalar() == 1
+    engine.dispose()
