@@ -6,6 +6,7 @@ gradient histograms and the loss-landscape slice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from service.db.repository import telemetry as telemetry_queries
 from service.errors import InvalidRequest, LandscapeNotAvailable
 from service.kit.jsonnum import json_number
 
+LAYER_INDEX = re.compile(r"[0-9]{1,9}")
 DEFAULT_HISTOGRAM_ROWS = 1_000
 MAX_HISTOGRAM_ROWS = 10_000
 # Points (series x max_points) one /gradients answer may carry, whatever the job's size.
@@ -39,7 +41,9 @@ def resolve_layers(layers: Sequence[Layer], wanted: Sequence[str]) -> list[int] 
     indexes = {layer.index for layer in layers}
     resolved: list[int] = []
     for value in wanted:
-        if value.lstrip("-").isdigit() and int(value) in indexes:
+        # ASCII digits only, and few: str.isdigit() accepts "²", which int() refuses, and
+        # int() refuses more than 4300 digits; either was a 500.
+        if LAYER_INDEX.fullmatch(value) and int(value) in indexes:
             resolved.append(int(value))
         elif value in by_name:
             resolved.append(by_name[value])

@@ -301,3 +301,12 @@ def test_histograms_are_bounded_by_step_range_and_a_row_cap(
     assert client.get(url, params={"limit": 10**9}).status_code == 422
     only = client.get(url, params={"layer": "output", "from_step": 90}).json()
     assert [(r["layer_index"], r["step"]) for r in only] == [(1, 90)]
+
+
+@pytest.mark.parametrize("layer", ["²", "1" * 5000, "-1", "٣"])
+def test_odd_layer_values_are_422_not_500(client: TestClient, session: Session, layer: str) -> None:
+    job_id = start_running_job(client, session, LAYERS)
+    for route in ("gradients", "histograms"):
+        response = client.get(f"/v1/jobs/{job_id}/{route}", params={"layer": layer})
+        assert response.status_code == 422, (route, response.text)
+        assert _locs(response) == [["query", "layer"]]
