@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         "and datasets.",
     )
     rate_limit: str = Field(
-        "600/minute",
+        "1200/minute",
         description="Requests per principal (or per client address with keys off), in the "
         "`limits` notation ('10/second;600/minute'); over it a 429 with Retry-After.",
     )

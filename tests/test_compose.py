@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from service.keys import hash_key
+
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 
 
@@ -33,7 +35,8 @@ def test_api_binds_localhost_with_an_api_key_by_default(compose: dict[str, Any])
     api = compose["services"]["api"]
     assert api["ports"] == ["${TRAINLAB_API_BIND:-127.0.0.1}:${TRAINLAB_API_PORT:-8000}:8000"]
     keys = api["environment"]["TRAINLAB_API_KEYS"]
-    assert keys.startswith('["${TRAINLAB_API_KEY:?')  # compose refuses to start without one
+    # compose refuses to start without one, and the server is given only the key's hash
+    assert keys.startswith('["${TRAINLAB_API_KEY_HASH:?')
     assert api["environment"]["TRAINLAB_DATABASE_URL"].startswith("postgresql+psycopg://")
 
 
@@ -50,7 +53,7 @@ def test_docker_compose_config_accepts_it(tmp_path: Path) -> None:
         or subprocess.run([docker, "compose", "version"], capture_output=True).returncode
     ):
         pytest.skip("docker compose is not installed here; the YAML checks above still run")
-    env = {"TRAINLAB_API_KEY": "test-key", "PATH": str(Path(docker).parent)}
+    env = {"TRAINLAB_API_KEY_HASH": hash_key("test-key"), "PATH": str(Path(docker).parent)}
     done = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE), "config", "--quiet"], env=env, capture_output=True
     )
@@ -60,4 +63,4 @@ def test_docker_compose_config_accepts_it(tmp_path: Path) -> None:
         env={"PATH": env["PATH"]},
         capture_output=True,
     )
-    assert missing.returncode != 0 and b"TRAINLAB_API_KEY" in missing.stderr
+    assert missing.returncode != 0 and b"TRAINLAB_API_KEY_HASH" in missing.stderr

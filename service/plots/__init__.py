@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from service import compare, sweeps, telemetry
 from service.db.models import Job, Layer, Sweep
 from service.errors import InvalidRequest
+from service.keys import Principal
 from service.vocabulary import HIDDEN_WEIGHT_KINDS, ImageFormat, JobPlotName, SweepPlotName
 
 if TYPE_CHECKING:
@@ -212,7 +213,11 @@ def sweep_plot(
     fig = render.figure(size)
     if name == "loss":
         comparison = compare.compare_jobs(
-            session=session, job_ids=[j.id for j in detail.jobs], metric="val_loss"
+            session=session,
+            # The sweep was looked up as the caller (SweepDep); its jobs are its owner's.
+            principal=Principal(sweep.owner),
+            job_ids=[j.id for j in detail.jobs],
+            metric="val_loss",
         )
         render.sweep_curves(
             fig,

@@ -55,6 +55,17 @@ def _npz() -> bytes:
     return buffer.getvalue()
 
 
+def _operations(client: TestClient, prefix: str, placeholder: str, value: str) -> list[Any]:
+    """Every (method, path) under ``prefix`` in the live schema, also routes added later."""
+    paths = client.get("/openapi.json").json()["paths"]
+    return [
+        (method.upper(), template.replace(placeholder, value))
+        for template, item in paths.items()
+        if template.startswith(prefix)
+        for method in item
+    ]
+
+
 def _job_of(client: TestClient, headers: dict[str, str], **spec: Any) -> str:
     response = client.post("/v1/jobs", json=spec, headers=headers)
     assert response.status_code == 201, response.text
@@ -68,15 +79,8 @@ def test_another_key_gets_404_on_every_job_route(keyed: TestClient, session: Ses
         session=session, job_id=job_id, layers=LAYERS, total_steps=10, epochs=1, device="cpu"
     )
     session.commit()
-    # Every route under /v1/jobs/{job_id}, also those added later, found in the schema.
-    paths = keyed.get("/openapi.json").json()["paths"]
-    operations = [
-        (method.upper(), template.replace("{job_id}", job_id))
-        for template, item in paths.items()
-        if template.startswith("/v1/jobs/{job_id}")
-        for method in item
-    ]
-    assert len(operations) >= 8  # job, cancel, metrics, layers, gradients, histograms, ...
+    operations = _operations(keyed, "/v1/jobs/{job_id}", "{job_id}", job_id)
+    assert len(operations) >= 10  # job, cancel, metrics, layers, gradients, events, plots...
     for method, path in operations:
         theirs = keyed.request(method, path, headers=B)
         assert theirs.status_code == 404, (method, path, theirs.text)
@@ -86,6 +90,10 @@ def test_another_key_gets_404_on_every_job_route(keyed: TestClient, session: Ses
     # cancelling another key's job is a 404 and leaves it queued
     assert keyed.post(f"/v1/jobs/{job_id}/cancel", headers=B).status_code == 404
     assert keyed.get(f"/v1/jobs/{job_id}", headers=A).json()["status"] == "queued"
+    # comparing with another key's job is as unknown as comparing with no job at all
+    compared = keyed.get(f"/v1/compare?jobs={job_id}&metric=val_loss", headers=B)
+    assert compared.status_code == 404, compared.text
+    assert keyed.get(f"/v1/compare?jobs={job_id}&metric=val_loss", headers=A).status_code == 200
 
 
 def test_lists_show_only_the_callers_rows_and_admin_sees_all(keyed: TestClient) -> None:
@@ -106,7 +114,9 @@ def test_sweeps_belong_to_their_key(keyed: TestClient) -> None:
     created = keyed.post("/v1/sweeps", json=body, headers=A)
     assert created.status_code == 201, created.text
     sweep = created.json()
-    assert keyed.get(f"/v1/sweeps/{sweep['id']}", headers=B).status_code == 404
+    for method, path in _operations(keyed, "/v1/sweeps/{sweep_id}", "{sweep_id}", sweep["id"]):
+        theirs = keyed.request(method, path, headers=B)
+        assert theirs.status_code == 404, (method, path, theirs.text)
     assert keyed.get("/v1/sweeps", headers=B).json()["items"] == []
     assert [s["id"] for s in keyed.get("/v1/sweeps", headers=A).json()["items"]] == [sweep["id"]]
     assert [s["id"] for s in keyed.get("/v1/sweeps", headers=ADMIN).json()["items"]] == [
@@ -123,7 +133,9 @@ def test_datasets_belong_to_their_key_and_others_cannot_train_on_them(
     uploaded = keyed.post("/v1/datasets", files={"file": ("d.npz", _npz())}, headers=A)
     assert uploaded.status_code == 201, uploaded.text
     ds = uploaded.json()["id"]
-    assert keyed.get(f"/v1/datasets/{ds}", headers=B).status_code == 404
+    for method, path in _operations(keyed, "/v1/datasets/{dataset_id}", "{dataset_id}", ds):
+        theirs = keyed.request(method, path, headers=B)
+        assert theirs.status_code == 404, (method, path, theirs.text)
     assert keyed.get("/v1/datasets", headers=B).json() == []
     assert [d["id"] for d in keyed.get("/v1/datasets", headers=A).json()] == [ds]
     assert [d["id"] for d in keyed.get("/v1/datasets", headers=ADMIN).json()] == [ds]
