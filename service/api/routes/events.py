@@ -32,7 +32,22 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A text/event-stream; each event has an `id`, an `event` name and "
         "JSON `data`. Keep-alive comments (`: ping`) come every `events_keepalive_s`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # The schema of one event (as SSE tools such as Schemathesis read the stream):
+        # its fields are text, the data a JSON document.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                        "retry": {"type": "integer"},
+                    },
+                    "required": ["data"],
+                }
+            }
+        },
     },
 }
 
