@@ -11,6 +11,7 @@ a spec over one is a 422 that names the field, the estimate and the limit.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -201,13 +202,28 @@ def estimate(spec: ExperimentSpec, data: DataShape, *, flops_per_second: float) 
 
 @dataclass(frozen=True)
 class AdmissionLimits:
-    """Operator limits on what one job may cost (service.config.Settings holds them)."""
+    """Operator limits on what one job may cost (service.config.Settings holds them).
+
+    ``max_run_seconds`` is the server's run-time limit (``max_time_limit_s``, which the
+    worker enforces while the job runs); :func:`limits_for` lowers it to the job's own
+    ``train.time_limit_s``.
+    """
 
     max_parameters: int
     max_activation_bytes: int
     max_telemetry_rows: int
     max_dataset_bytes: int
     max_run_seconds: float
+
+
+def limits_for(spec: ExperimentSpec, limits: AdmissionLimits) -> AdmissionLimits:
+    """The limits of this job: its run time bounded by its own limit where it sets one. An
+    estimate that errs short and still passes that limit would certainly end the job
+    failed (time_limit): better said at submit than after the limit has been spent."""
+    own = spec.train.time_limit_s
+    if own is None or own >= limits.max_run_seconds:
+        return limits
+    return dataclasses.replace(limits, max_run_seconds=own)
 
 
 def _n(value: float) -> str:
@@ -262,8 +278,9 @@ def check(found: Estimate, limits: AdmissionLimits) -> list[SpecIssue]:
             SpecIssue(
                 ("train", "epochs"),
                 f"the job would run about {_n(found.run_seconds)} s ({_n(found.total_steps)} "
-                f"steps); this server allows at most {_n(limits.max_run_seconds)} s per job "
-                "(fewer epochs, a smaller train_size or model, or a larger batch_size)",
+                f"steps); its run-time limit is {_n(limits.max_run_seconds)} s "
+                "(train.time_limit_s, at most the server's max_time_limit_s): fewer epochs, "
+                "a smaller train_size or model, or a larger batch_size",
             )
         )
     return issues

@@ -118,16 +118,12 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(
         512 * MIB, ge=1, description="A job's dataset as the worker holds it, decompressed."
     )
-    max_run_time_s: float = Field(
-        86_400.0,
-        gt=0,
-        description="Longest estimated run time of one job (the run-time limit's cap).",
-    )
     assumed_flops_per_s: float = Field(
         5e10,
         gt=0,
-        description="Throughput the run-time estimate assumes (high, so that the estimate "
-        "errs short and refuses only jobs that could not finish).",
+        description="Throughput the run-time estimate at submit assumes (high, so that the "
+        "estimate errs short and refuses only jobs that could not finish within their "
+        "run-time limit, train.time_limit_s or max_time_limit_s).",
     )
 
     max_depth: int = Field(256, ge=1)
@@ -320,7 +316,7 @@ class Settings(BaseSettings):
             max_activation_bytes=self.max_activation_bytes,
             max_telemetry_rows=self.max_telemetry_rows,
             max_dataset_bytes=self.max_dataset_bytes,
-            max_run_seconds=self.max_run_time_s,
+            max_run_seconds=self.max_time_limit_s,
         )
 
     @property

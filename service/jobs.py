@@ -80,7 +80,7 @@ def validate_spec(
     issues.extend(check_spec(spec, settings.spec_limits, uploaded_ndim=uploaded_ndim))
     if shape is not None:
         cost = admission.estimate(spec, shape, flops_per_second=settings.assumed_flops_per_s)
-        issues.extend(admission.check(cost, settings.admission_limits))
+        issues.extend(admission.check(cost, admission.limits_for(spec, settings.admission_limits)))
     if issues:
         raise SpecInvalid(issues, spec.model_dump(mode="json"))
 

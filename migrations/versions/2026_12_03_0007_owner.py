@@ -5,7 +5,7 @@ its one caller), so nothing is lost and only an admin key sees them once keys ar
 Idempotency keys become unique per owner instead of across the whole service.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-03 12:00:00+00:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from alembic.operations import BatchOperations
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

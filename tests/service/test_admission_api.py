@@ -72,7 +72,22 @@ def test_estimated_run_time_over_the_limit_is_422_at_epochs(client: TestClient) 
     }
     detail = _refused(client, spec)
     assert detail["loc"] == ["body", "train", "epochs"]
-    assert "10,000,000,000 steps" in detail["msg"] and "86,400 s" in detail["msg"]
+    assert "10,000,000,000 steps" in detail["msg"] and "604,800 s" in detail["msg"]
+
+
+def test_a_job_cannot_finish_within_its_own_time_limit_is_422(client: TestClient) -> None:
+    """The estimate (which errs short) against the job's own train.time_limit_s."""
+    spec: dict[str, Any] = {
+        "data": {"dataset": "spirals", "train_size": 100_000},
+        "model": {"depth": 1, "width": 4},
+        "train": {"epochs": 100, "batch_size": 1, "time_limit_s": 60},
+        "telemetry": {"every_n_steps": 0},
+    }
+    detail = _refused(client, spec)  # 10 million steps take at least 1,000 s
+    assert detail["loc"] == ["body", "train", "epochs"]
+    assert "its run-time limit is 60 s" in detail["msg"]
+    spec["train"]["time_limit_s"] = 7200
+    assert client.post("/v1/jobs", json=spec).status_code == 201
 
 
 def test_dataset_size_after_decompression_is_limited(tmp_path: Path, db_url: str) -> None:
@@ -89,7 +104,7 @@ def test_dataset_size_after_decompression_is_limited(tmp_path: Path, db_url: str
     ("setting", "value", "spec", "loc"),
     [
         ("max_parameters", 1_000, {"model": {"width": 64}}, ["body", "model"]),
-        ("max_run_time_s", 0.01, {"train": {"epochs": 50}}, ["body", "train", "epochs"]),
+        ("max_time_limit_s", 0.01, {"train": {"epochs": 50}}, ["body", "train", "epochs"]),
     ],
 )
 def test_every_limit_is_an_operator_setting(
