@@ -270,7 +270,9 @@ def api_only(root: Path, backend: str, **settings: str) -> Iterator[str]:
     """
     data_dir, log_dir = root / "data", root / "logs"
     log_dir.mkdir(parents=True)
-    env = _base_env(data_dir) | {f"TRAINLAB_{k}": v for k, v in settings.items()}
+    # No worker on purpose: readiness must not wait for one.
+    env = _base_env(data_dir) | {"TRAINLAB_READINESS_NEEDS_WORKER": "false"}
+    env |= {f"TRAINLAB_{k}": v for k, v in settings.items()}
     database_url = key_prefix = broker_url = None
     if backend == "cluster":
         database_url, broker_url = _require_servers()
