@@ -3,7 +3,13 @@
 SQLite (the embedded default) runs in WAL mode so the API can read while a worker
 writes; ``busy_timeout`` makes a writer wait for the lock instead of failing at once.
 
-PostgreSQL gets a connect timeout and a server-side ``statement_timeout``. Neither helps
+PostgreSQL gets a connect timeout, a server-side ``statement_timeout`` and an
+``idle_in_transaction_session_timeout``: a process paused (SIGSTOP, a frozen VM) inside a
+transaction would otherwise hold its row locks for as long as it sleeps — a paused
+worker's lock on its job row hid the job from the reconciler that expires leases (it
+skips locked rows). Our transactions never wait on anything but the database, so a
+session idle in one for longer than a few statements' time is a stuck one, and the server
+ends it. Neither timeout helps
 when the server (or the network to it) is frozen: the server never answers, and the
 kernel keeps acknowledging what the client sends. So every call that waits on the
 server (execute, commit, rollback, the pool's ping) also runs under a client-side
@@ -39,12 +45,19 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # The client-side cut comes this much after the server's own statement_timeout, so a
 # merely slow statement gets the server's clean cancel and only a frozen one is cut.
 CLIENT_DEADLINE_MARGIN_S = 0.5
+# A session idle inside a transaction for this many statement timeouts is ended by the
+# server (releasing its locks): well past any pause between two statements of ours.
+IDLE_IN_TRANSACTION_STATEMENTS = 4
 
 
 @dataclass(frozen=True)
 class DatabaseTimeouts:
     connect_s: int = 3
     statement_s: float = 5.0
+
+    @property
+    def idle_in_transaction_s(self) -> float:
+        return IDLE_IN_TRANSACTION_STATEMENTS * self.statement_s
 
 
 @dataclass
@@ -210,7 +223,10 @@ def make_engine(url: str, *, timeouts: DatabaseTimeouts | None = None, **kwargs:
     timeouts = timeouts or DatabaseTimeouts()
     connect_args = {
         "connect_timeout": timeouts.connect_s,
-        "options": f"-c statement_timeout={int(timeouts.statement_s * 1000)}",
+        "options": (
+            f"-c statement_timeout={int(timeouts.statement_s * 1000)} "
+            f"-c idle_in_transaction_session_timeout={int(timeouts.idle_in_transaction_s * 1000)}"
+        ),
         **kwargs.pop("connect_args", {}),
     }
     kwargs.setdefault("pool_timeout", timeouts.statement_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -62,6 +63,35 @@ def test_the_server_cancels_a_slow_statement(pg_url: str) -> None:
         with statement_deadline(5.0), engine.connect() as conn:
             assert conn.execute(select(1)).scalar() == 1
     finally:
+        engine.dispose()
+
+
+def test_a_session_paused_inside_a_transaction_loses_its_locks(pg_url: str) -> None:
+    """A process frozen mid-transaction (SIGSTOP) must not hold its row locks for as long
+    as it sleeps: the server ends the idle transaction and another session gets the row."""
+    timeouts = DatabaseTimeouts(connect_s=2, statement_s=0.5)
+    engine = make_engine(pg_url, timeouts=timeouts)
+    stack = contextlib.ExitStack()
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE IF NOT EXISTS paused_lock (id int PRIMARY KEY)"))
+            conn.execute(text("INSERT INTO paused_lock VALUES (1) ON CONFLICT DO NOTHING"))
+        paused = stack.enter_context(engine.connect())
+        paused.begin()
+        paused.execute(text("SELECT id FROM paused_lock WHERE id = 1 FOR UPDATE"))
+        time.sleep(timeouts.idle_in_transaction_s + 1.0)  # "paused": idle in its transaction
+        with engine.connect() as other:
+            locked = other.execute(
+                text("SELECT id FROM paused_lock WHERE id = 1 FOR UPDATE SKIP LOCKED")
+            ).all()
+        assert locked == [(1,)]
+        with pytest.raises(sa_exc.DBAPIError):
+            paused.execute(text("SELECT 1"))  # it was ended; it learns so when it wakes
+        paused.invalidate()
+    finally:
+        stack.close()
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS paused_lock"))
         engine.dispose()
 
 
