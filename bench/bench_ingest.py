@@ -9,8 +9,10 @@ binary COPY.
   recorder    worker.recorder.Recorder end to end: handle() on the calling thread, the
               writer thread's guarded transaction (guard_attempt), tuples built from the
               batch's arrays, the repository's bulk write (binary COPY / executemany)
-  repository  add_layer_stat_rows in a guarded transaction, tuples already built
-  copy-binary psycopg COPY ... (FORMAT BINARY) of the same tuples (set_types)
+  repository  add_layer_stat_block in a guarded transaction (raw rows, their rollup
+              segments and the job's facts)
+  copy-binary psycopg COPY ... (FORMAT BINARY) of the same raw rows, as tuples built
+              beforehand (set_types), no rollup
   copy-text   psycopg COPY ... (text) of the same tuples
   insert      the old path: SQLAlchemy insert(LayerStat) with one dict per row
   mlflow      MlflowClient.log_batch (one metric per statistic), when mlflow is installed
@@ -34,6 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -43,14 +46,14 @@ from sqlalchemy.orm import Session, sessionmaker
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.db.migrate import upgrade_database
-from service.db.models import LAYER_STAT_COLUMNS, LayerStat
+from service.db.models import LAYER_STAT_COLUMNS, LayerStat, StatJob
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.db.session import make_engine, make_session_factory
 from service.specs import ExperimentSpec
 from worker.engine.events import LayerStatsBatch
 from worker.engine.loop import train
-from worker.recorder import Recorder, layer_stat_tuples
+from worker.recorder import Recorder, absent_stats
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 LAYERS = 100
@@ -102,11 +105,33 @@ def running_job(factory: sessionmaker[Session]) -> tuple[str, int]:
         return job_id, claimed.attempt
 
 
+def stored_rows(batch: LayerStatsBatch, key: int) -> list[tuple[Any, ...]]:
+    """The rows the repository writes for ``batch``, as tuples, (layer, step) order."""
+    n_steps, n_layers, width = batch.values.shape
+    values = batch.values.transpose(1, 0, 2).reshape(-1, width).tolist()
+    layers = np.repeat(np.arange(n_layers), n_steps).tolist()
+    steps = np.tile(batch.steps, n_layers).tolist()
+    epochs = np.tile(batch.epochs, n_layers).tolist()
+    return [
+        (key, layer, step, epoch, *row)
+        for layer, step, epoch, row in zip(layers, steps, epochs, values, strict=True)
+    ]
+
+
+def keyed_job(factory: sessionmaker[Session]) -> tuple[str, int]:
+    """A running job and its statistics key, for the plain COPY and INSERT variants."""
+    job_id, _ = running_job(factory)
+    with factory() as session, session.begin():
+        facts = StatJob(job_id=job_id, rows=0)
+        session.add(facts)
+        session.flush()
+        return job_id, facts.key
+
+
 def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[], float]]:
     """Each variant writes every batch once into a fresh job and returns its seconds."""
     engine = make_engine(url)
     factory = make_session_factory(engine)
-    tuples = [layer_stat_tuples(batch) for batch in batches]
     columns = ", ".join(telemetry_queries.LAYER_STAT_ROW_COLUMNS)
 
     def recorder() -> float:
@@ -120,16 +145,23 @@ def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[],
     def repository() -> float:
         job_id, attempt = running_job(factory)
         start = time.perf_counter()
-        for rows in tuples:
+        for batch in batches:
             with factory() as session, session.begin():
                 job_queries.guard_attempt(session=session, job_id=job_id, attempt=attempt)
-                telemetry_queries.add_layer_stat_rows(session=session, job_id=job_id, rows=rows)
+                telemetry_queries.add_layer_stat_block(
+                    session=session,
+                    job_id=job_id,
+                    steps=batch.steps,
+                    epochs=batch.epochs,
+                    values=batch.values,
+                    absent=absent_stats(batch),
+                )
         return time.perf_counter() - start
 
     def copy(binary: bool) -> Callable[[], float]:
         def run() -> float:
-            job_id, _ = running_job(factory)
-            with_job = [[(job_id, *row) for row in rows] for rows in tuples]
+            _, key = keyed_job(factory)
+            with_job = [stored_rows(batch, key) for batch in batches]
             start = time.perf_counter()
             for rows in with_job:
                 with engine.begin() as conn:
@@ -147,9 +179,12 @@ def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[],
         return run
 
     def old_insert() -> float:
-        job_id, _ = running_job(factory)
+        _, key = keyed_job(factory)
         names = telemetry_queries.LAYER_STAT_ROW_COLUMNS
-        dicts = [[dict(zip(names, (job_id, *row), strict=True)) for row in rows] for rows in tuples]
+        dicts = [
+            [dict(zip(names, row, strict=True)) for row in stored_rows(batch, key)]
+            for batch in batches
+        ]
         start = time.perf_counter()
         for rows in dicts:
             with factory() as session, session.begin():
@@ -237,6 +272,7 @@ def main() -> None:
                 rates[name].append(rows / runs[name]())
             with make_engine(url).begin() as conn:  # the same table size every round
                 conn.execute(text("DELETE FROM layer_stat"))
+                conn.execute(text("DELETE FROM layer_stat_rollup"))
         print(f"{args.backend}: {rows:,} rows per variant per round, {args.rounds} rounds")
         base = statistics.median(rates.get("copy-binary", rates["insert"]))
         label = "copy-binary" if "copy-binary" in rates else "insert"

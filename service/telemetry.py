@@ -1,6 +1,7 @@
 """Telemetry use cases: what a job recorded, read back for the API.
 
-Epoch metrics, the layer table, per-layer statistic series (downsampled in SQL),
+Epoch metrics, the layer table, per-layer statistic series (downsampled keeping each
+bucket's last value, min and max),
 gradient histograms and the loss-landscape slice.
 """
 
@@ -96,7 +97,7 @@ def gradient_series(
             f"{MAX_SERIES_POINTS} points: ask for fewer layers or fewer points"
         )
         raise InvalidRequest.single(("query", "max_points"), msg, max_points)
-    rows = telemetry_queries.list_layer_stats(
+    rows = telemetry_queries.list_layer_stat_points(
         session=session,
         job_id=job.id,
         stats=stats,
@@ -111,13 +112,23 @@ def gradient_series(
         for info in plan
         if info.index in wanted
     }
+    k = len(stats)
     for row in rows:
         cells: tuple[Any, ...] = tuple(row)
         index, step, epoch, values = cells[0], cells[1], cells[2], cells[3:]
         if index not in series:  # statistics without a layer row (plan not saved)
             series[index] = Series(index, str(index), "unknown", [])
         point = {"step": step, "epoch": epoch}
-        point.update({name: _point_value(v) for name, v in zip(stats, values, strict=True)})
+        point.update({name: _point_value(v) for name, v in zip(stats, values, strict=False)})
+        point.update(
+            {f"{name}_min": _point_value(v) for name, v in zip(stats, values[k:], strict=False)}
+        )
+        point.update(
+            {
+                f"{name}_max": _point_value(v)
+                for name, v in zip(stats, values[2 * k :], strict=False)
+            }
+        )
         series[index].points.append(point)
     return stats, [series[i] for i in sorted(series)]
 

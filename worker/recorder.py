@@ -108,17 +108,15 @@ def layer_stat_rows(batch: LayerStatsBatch) -> list[dict[str, Any]]:
     return rows
 
 
-def layer_stat_tuples(batch: LayerStatsBatch) -> list[tuple[Any, ...]]:
-    """The rows of ``layer_stat_rows`` as tuples (layer_index, step, epoch, *STAT_NAMES
-    values), built from the arrays in one pass: the bulk write's input, no dict per row."""
-    values = batch.values.astype(np.float64, copy=False).tolist()
-    return [
-        (layer_index, step, epoch, *layer_values)
-        for step, epoch, step_values in zip(
-            batch.steps.tolist(), batch.epochs.tolist(), values, strict=True
-        )
-        for layer_index, layer_values in enumerate(step_values)
-    ]
+_ABSENT_WHEN_NAN = [STAT_NAMES.index(name) for name in telemetry_queries.ABSENT_WHEN_NAN]
+
+
+def absent_stats(batch: LayerStatsBatch) -> np.ndarray:
+    """Which values are absent, stored as NULL: an activation statistic is NaN when the
+    layer has no counted activation; any other NaN is a real one and is kept."""
+    absent = np.zeros(batch.values.shape, dtype=bool)
+    absent[:, :, _ABSENT_WHEN_NAN] = np.isnan(batch.values[:, :, _ABSENT_WHEN_NAN])
+    return absent
 
 
 def histogram_rows(batch: LayerStatsBatch) -> list[dict[str, Any]]:
@@ -369,8 +367,13 @@ class Recorder:
                 device=event.device,
             )
         elif isinstance(event, LayerStatsBatch):
-            written = telemetry_queries.add_layer_stat_rows(
-                session=session, job_id=self._job_id, rows=layer_stat_tuples(event)
+            written = telemetry_queries.add_layer_stat_block(
+                session=session,
+                job_id=self._job_id,
+                steps=event.steps,
+                epochs=event.epochs,
+                values=event.values,
+                absent=absent_stats(event),
             )
             if event.histograms:
                 telemetry_queries.add_histograms(
