@@ -10,10 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service.config import Settings
+from service.db.base import utcnow
 from service.db.models import LAYER_STAT_COLUMNS, EpochMetric, Job, Landscape, Layer, LayerHistogram
 from service.db.repository import telemetry as telemetry_queries
 from service.errors import InvalidRequest, LandscapeNotAvailable
@@ -162,3 +165,14 @@ def landscape(*, session: Session, job: Job) -> Landscape:
     if found is None:
         raise LandscapeNotAvailable(job.id, job.status)
     return found
+
+
+def prune_raw_stats(*, session: Session, settings: Settings) -> int:
+    """Apply ``raw_stats_retention_days``: drop the raw rows of jobs finished before the
+    cutoff, keeping their rollup. Returns rows dropped (0 with retention unset)."""
+    if settings.raw_stats_retention_days is None:
+        return 0
+    cutoff = utcnow() - timedelta(days=settings.raw_stats_retention_days)
+    dropped = telemetry_queries.prune_raw_stats(session=session, finished_before=cutoff)
+    session.commit()
+    return dropped
