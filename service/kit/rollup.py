@@ -150,7 +150,12 @@ def from_cells(rows: Sequence[Sequence[Any]], width: int) -> tuple[np.ndarray, n
 # PostgreSQL's binary COPY framing (https://www.postgresql.org/docs/current/sql-copy.html).
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 COPY_TRAILER = b"\xff\xff"
-_BINARY_TYPES = {"int2": ">i2", "int4": ">i4", "float4": ">f4"}
+_BINARY_TYPES = {"int2": ">i2", "int4": ">i4", "float4": ">f4", "float8": ">f8"}
+
+
+def _field_type(kind: str, column: np.ndarray) -> str:
+    """numpy type of a field; ``text`` of fixed width takes the column's own (bytes)."""
+    return column.dtype.str if kind == "text" else _BINARY_TYPES[kind]
 
 
 def binary_copy_rows(
@@ -172,14 +177,14 @@ def binary_copy_rows(
         for i, (kind, missing) in enumerate(zip(types, pattern.tolist(), strict=True)):
             fields.append((f"length{i}", ">i4"))
             if not missing:
-                fields.append((f"value{i}", _BINARY_TYPES[kind]))
+                fields.append((f"value{i}", _field_type(kind, columns[i])))
         records = np.empty(n if isinstance(rows, slice) else rows.shape[0], dtype=fields)
         records["count"] = len(types)
         for i, (kind, missing) in enumerate(zip(types, pattern.tolist(), strict=True)):
             if missing:
                 records[f"length{i}"] = -1
             else:
-                records[f"length{i}"] = np.dtype(_BINARY_TYPES[kind]).itemsize
+                records[f"length{i}"] = np.dtype(_field_type(kind, columns[i])).itemsize
                 records[f"value{i}"] = columns[i][rows]
         chunks.append(records.tobytes())
     return b"".join(chunks)
