@@ -7,6 +7,7 @@ gradient histograms and the loss-landscape slice.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,6 +80,10 @@ def _point_value(value: Any) -> Any:
     return json_number(value) if isinstance(value, float) else value
 
 
+def _is_nonfinite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def gradient_series(
     *,
     session: Session,
@@ -115,23 +120,22 @@ def gradient_series(
         for info in plan
         if info.index in wanted
     }
-    k = len(stats)
+    keys = (
+        "step",
+        "epoch",
+        *stats,
+        *(f"{name}_min" for name in stats),
+        *(f"{name}_max" for name in stats),
+    )
     for row in rows:
-        cells: tuple[Any, ...] = tuple(row)
-        index, step, epoch, values = cells[0], cells[1], cells[2], cells[3:]
+        index, cells = row[0], row[1:]
         if index not in series:  # statistics without a layer row (plan not saved)
             series[index] = Series(index, str(index), "unknown", [])
-        point = {"step": step, "epoch": epoch}
-        point.update({name: _point_value(v) for name, v in zip(stats, values, strict=False)})
-        point.update(
-            {f"{name}_min": _point_value(v) for name, v in zip(stats, values[k:], strict=False)}
-        )
-        point.update(
-            {
-                f"{name}_max": _point_value(v)
-                for name, v in zip(stats, values[2 * k :], strict=False)
-            }
-        )
+        # Tens of thousands of points: one dict per point, and a value-by-value pass only
+        # for the rare point with a non-finite value.
+        if any(map(_is_nonfinite, cells)):
+            cells = tuple(map(_point_value, cells))
+        point = dict(zip(keys, cells, strict=True))
         series[index].points.append(point)
     return stats, [series[i] for i in sorted(series)]
 
