@@ -147,6 +147,14 @@ def from_cells(rows: Sequence[Sequence[Any]], width: int) -> tuple[np.ndarray, n
     return values, absent
 
 
+def from_columns(columns: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(values float64 (n, m), absent mask) of m database columns, None meaning absent."""
+    cells = np.array(columns, dtype=object).T
+    absent = cells == None  # noqa: E711 (elementwise: which cells are NULL)
+    values = np.where(absent, 0.0, cells).astype(np.float64)
+    return values, absent
+
+
 # PostgreSQL's binary COPY framing (https://www.postgresql.org/docs/current/sql-copy.html).
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 COPY_TRAILER = b"\xff\xff"

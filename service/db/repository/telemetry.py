@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from sqlalchemy import Row, Select, Table, delete, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Row, Select, Table, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -505,6 +506,30 @@ def _fetch(session: Session, stmt: Select[Any]) -> list[tuple[Any, ...]]:
         cursor.close()
 
 
+def _fetch_columns(
+    session: Session,
+    columns: Sequence[Any],
+    where: Sequence[ColumnElement[bool]],
+    group: Any,
+    order: Any,
+) -> list[list[Any]]:
+    """PostgreSQL: the rows as columns (the group key, then each column in ``order``),
+    one array per group: the driver parses arrays in C, a tuple per row costs more."""
+    aggregated = [func.array_agg(aggregate_order_by(column, order)) for column in columns]
+    groups = _fetch(
+        session,
+        select(group, func.count(), *aggregated).where(*where).group_by(group).order_by(group),
+    )
+    if not groups:
+        return []
+    out: list[list[Any]] = [[] for _ in range(len(columns) + 1)]
+    for key, count, *arrays in groups:
+        out[0].extend([key] * count)
+        for target, array in zip(out[1:], arrays, strict=True):
+            target.extend(array)
+    return out
+
+
 def list_layer_stat_points(
     *,
     session: Session,
@@ -561,23 +586,30 @@ def list_layer_stat_points(
     else:
         r = layer_stat_rollup.c
         picked = [r[f"{name}{suffix}"] for name in stats for suffix in ("", "_min", "_max")]
-        rows = _fetch(
-            session,
-            select(r.layer_index, r.step, r.epoch, r.first_step, r.rows, *picked)
-            .where(r.job_key == facts.key, r.layer_index.in_(layers), r.step.between(lo, hi))
-            .order_by(r.layer_index, r.step),
-        )
-        if not rows:
+        where = (r.job_key == facts.key, r.layer_index.in_(layers), r.step.between(lo, hi))
+        if session.get_bind().dialect.name == "postgresql":
+            columns = _fetch_columns(
+                session, [r.step, r.epoch, *picked], where, r.layer_index, r.step
+            )
+        else:
+            rows = _fetch(
+                session,
+                select(r.layer_index, r.step, r.epoch, *picked)
+                .where(*where)
+                .order_by(r.layer_index, r.step),
+            )
+            columns = [list(column) for column in zip(*rows, strict=True)]
+        if not columns or not columns[0]:
             return []
-        ints = np.array([row[:5] for row in rows], dtype=np.int64).reshape(len(rows), 5)
-        values, absent = rollup.from_cells([row[5:] for row in rows], 3 * k)
+        ints = np.array(columns[:3], dtype=np.int64)
+        values, absent = rollup.from_columns(columns[3:])
         values, absent = values.reshape(-1, k, 3), absent.reshape(-1, k, 3)
         runs = rollup.Runs(
-            layer=ints[:, 0],
-            step=ints[:, 1],
-            epoch=ints[:, 2],
-            first_step=ints[:, 3],
-            count=ints[:, 4],
+            layer=ints[0],
+            step=ints[1],
+            epoch=ints[2],
+            first_step=ints[1],  # unused: a point is a bucket's last step
+            count=np.ones_like(ints[1]),
             last=values[:, :, 0],
             low=values[:, :, 1],
             high=values[:, :, 2],
