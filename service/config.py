@@ -182,6 +182,17 @@ class Settings(BaseSettings):
     checkpoints_kept: int = Field(
         2, ge=1, le=100, description="Checkpoints kept per job (the newest ones)."
     )
+    raw_stats_retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Drop the raw per-step layer statistics of jobs that finished more "
+        "than this many days ago, keeping their downsampled rollup (min, max and last per "
+        "32 steps; reads then come from it). A worker's reconciler prunes every "
+        "prune_interval_s. Unset: raw rows are kept.",
+    )
+    prune_interval_s: float = Field(
+        600.0, gt=0, description="Seconds between a worker's prunes of raw statistics."
+    )
     max_time_limit_s: float = Field(
         7 * 24 * 3600.0,
         gt=0,

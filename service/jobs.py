@@ -25,6 +25,7 @@ from service.config import Settings
 from service.db.models import Job
 from service.db.repository import datasets as dataset_queries
 from service.db.repository import jobs as job_queries
+from service.db.repository import telemetry as telemetry_queries
 from service.errors import (
     CheckpointNotFound,
     IdempotencyConflict,
@@ -305,3 +306,18 @@ def list_jobs(
         limit=limit + 1,
     )
     return pagination.page_of(rows, limit=limit, sort=sort, position_of=_position)
+
+
+def delete_job(*, session: Session, settings: Settings, job: Job) -> None:
+    """Remove a finished job: its row, everything it recorded (statistics, rollup,
+    histograms, metrics, landscape) and its checkpoint files. A queued or running job is
+    a 409: cancel it first (deleting under a live worker would race its writes)."""
+    if not job.is_finished:
+        raise IllegalStateChange(
+            f"job {job.id} is {job.status}; cancel it first, then delete it once it stopped"
+        )
+    telemetry_queries.delete_telemetry(session=session, job_id=job.id)
+    job_queries.delete_job(session=session, job_id=job.id)
+    session.commit()
+    # After the commit: a failed commit must not leave a job without its weights.
+    checkpoints.remove_job_files(settings.resolved_checkpoint_dir, job.id)

@@ -1,18 +1,23 @@
 """Telemetry use cases: what a job recorded, read back for the API.
 
-Epoch metrics, the layer table, per-layer statistic series (downsampled in SQL),
+Epoch metrics, the layer table, per-layer statistic series (downsampled keeping each
+bucket's last value, min and max),
 gradient histograms and the loss-landscape slice.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session
 
+from service.config import Settings
+from service.db.base import utcnow
 from service.db.models import LAYER_STAT_COLUMNS, EpochMetric, Job, Landscape, Layer, LayerHistogram
 from service.db.repository import telemetry as telemetry_queries
 from service.errors import InvalidRequest, LandscapeNotAvailable
@@ -75,6 +80,10 @@ def _point_value(value: Any) -> Any:
     return json_number(value) if isinstance(value, float) else value
 
 
+def _is_nonfinite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def gradient_series(
     *,
     session: Session,
@@ -96,7 +105,7 @@ def gradient_series(
             f"{MAX_SERIES_POINTS} points: ask for fewer layers or fewer points"
         )
         raise InvalidRequest.single(("query", "max_points"), msg, max_points)
-    rows = telemetry_queries.list_layer_stats(
+    rows = telemetry_queries.list_layer_stat_points(
         session=session,
         job_id=job.id,
         stats=stats,
@@ -111,13 +120,22 @@ def gradient_series(
         for info in plan
         if info.index in wanted
     }
+    keys = (
+        "step",
+        "epoch",
+        *stats,
+        *(f"{name}_min" for name in stats),
+        *(f"{name}_max" for name in stats),
+    )
     for row in rows:
-        cells: tuple[Any, ...] = tuple(row)
-        index, step, epoch, values = cells[0], cells[1], cells[2], cells[3:]
+        index, cells = row[0], row[1:]
         if index not in series:  # statistics without a layer row (plan not saved)
             series[index] = Series(index, str(index), "unknown", [])
-        point = {"step": step, "epoch": epoch}
-        point.update({name: _point_value(v) for name, v in zip(stats, values, strict=True)})
+        # Tens of thousands of points: one dict per point, and a value-by-value pass only
+        # for the rare point with a non-finite value.
+        if any(map(_is_nonfinite, cells)):
+            cells = tuple(map(_point_value, cells))
+        point = dict(zip(keys, cells, strict=True))
         series[index].points.append(point)
     return stats, [series[i] for i in sorted(series)]
 
@@ -151,3 +169,14 @@ def landscape(*, session: Session, job: Job) -> Landscape:
     if found is None:
         raise LandscapeNotAvailable(job.id, job.status)
     return found
+
+
+def prune_raw_stats(*, session: Session, settings: Settings) -> int:
+    """Apply ``raw_stats_retention_days``: drop the raw rows of jobs finished before the
+    cutoff, keeping their rollup. Returns rows dropped (0 with retention unset)."""
+    if settings.raw_stats_retention_days is None:
+        return 0
+    cutoff = utcnow() - timedelta(days=settings.raw_stats_retention_days)
+    dropped = telemetry_queries.prune_raw_stats(session=session, finished_before=cutoff)
+    session.commit()
+    return dropped

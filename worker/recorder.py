@@ -2,8 +2,8 @@
 
 The engine calls ``Recorder.handle`` from its loop; the recorder only puts the event on a
 queue. A writer thread drains it in order, coalesces progress updates and writes layer
-statistics with one multi-row INSERT per batch, so a slow database never stalls a
-training step.
+statistics with one bulk write per batch (binary COPY on PostgreSQL), so a slow database
+never stalls a training step.
 
 Every transaction of the writer starts with the attempt's guard (``guard_attempt``): a
 run that lost its lease writes nothing more, and is told to stop (``stale``). Through a
@@ -106,6 +106,17 @@ def layer_stat_rows(batch: LayerStatsBatch) -> list[dict[str, Any]]:
             rows.append(row)
     assert len(rows) == n_steps * n_layers
     return rows
+
+
+_ABSENT_WHEN_NAN = [STAT_NAMES.index(name) for name in telemetry_queries.ABSENT_WHEN_NAN]
+
+
+def absent_stats(batch: LayerStatsBatch) -> np.ndarray:
+    """Which values are absent, stored as NULL: an activation statistic is NaN when the
+    layer has no counted activation; any other NaN is a real one and is kept."""
+    absent = np.zeros(batch.values.shape, dtype=bool)
+    absent[:, :, _ABSENT_WHEN_NAN] = np.isnan(batch.values[:, :, _ABSENT_WHEN_NAN])
+    return absent
 
 
 def histogram_rows(batch: LayerStatsBatch) -> list[dict[str, Any]]:
@@ -356,8 +367,13 @@ class Recorder:
                 device=event.device,
             )
         elif isinstance(event, LayerStatsBatch):
-            written = telemetry_queries.add_layer_stats(
-                session=session, job_id=self._job_id, rows=layer_stat_rows(event)
+            written = telemetry_queries.add_layer_stat_block(
+                session=session,
+                job_id=self._job_id,
+                steps=event.steps,
+                epochs=event.epochs,
+                values=event.values,
+                absent=absent_stats(event),
             )
             if event.histograms:
                 telemetry_queries.add_histograms(

@@ -11,7 +11,8 @@ reconciler, which every ``reconcile_interval_s``:
   expired: their worker is paused, partitioned or gone with its machine;
 * sends queued jobs that never reached the broker (the jobs it just freed among them:
   a freed job is marked never sent), or that sat unclaimed for ``resend_after_s`` (a
-  message lost with a broker restart).
+  message lost with a broker restart);
+* applies the retention of raw statistics (``raw_stats_retention_days``), now and then.
 
 A dead child also wakes it at once (Celery's ``worker_process_shutdown``). On SIGTERM
 it forwards the signal to the pool children, whose running job checkpoints at its next
@@ -45,7 +46,7 @@ from celery.signals import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import queue
+from service import queue, telemetry
 from service.config import Settings, get_settings
 from service.db.base import utcnow
 from service.db.repository import jobs as job_queries
@@ -105,6 +106,7 @@ class Reconciler:
         self.hostname = socket.gethostname()
         self.queues = queues
         self._connected_since: float | None = None
+        self._pruned_at: float | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.stopping = threading.Event()  # warm shutdown began
@@ -145,6 +147,7 @@ class Reconciler:
         self.release_dead_processes()
         if time.monotonic() - self._connected_since >= self.settings.lease_s:
             self.expire_leases()
+        self.prune_raw_stats()
         if self.stopping.is_set():
             return  # a stopping worker sends nothing (its consumer could take it back)
         sent_before = utcnow() - timedelta(seconds=self.settings.resend_after_s)
@@ -153,6 +156,20 @@ class Reconciler:
             to_send = [(job.id, job.queue) for job in due]
         if to_send:
             send_jobs(self.settings, to_send)
+
+    def prune_raw_stats(self) -> int:
+        """Retention (``raw_stats_retention_days``), every ``prune_interval_s`` at most."""
+        if self.settings.raw_stats_retention_days is None:
+            return 0
+        now = time.monotonic()
+        if self._pruned_at is not None and now - self._pruned_at < self.settings.prune_interval_s:
+            return 0
+        self._pruned_at = now
+        with self.session_factory() as session:
+            dropped = telemetry.prune_raw_stats(session=session, settings=self.settings)
+        if dropped:
+            logger.info("retention: dropped %d raw statistic rows", dropped)
+        return dropped
 
     def _beat(self) -> None:
         with self.session_factory() as session, session.begin():

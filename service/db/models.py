@@ -1,7 +1,8 @@
 """ORM models: one table per stored concept, singular snake_case names.
 
-Float columns are double precision. PostgreSQL stores NaN and ±Infinity; SQLite stores
-±Infinity but turns NaN into NULL (the API then returns null), which is accepted.
+Float columns are double precision, except the layer statistics (single precision, see
+LayerStat). PostgreSQL stores NaN and ±Infinity; SQLite stores ±Infinity but turns NaN
+into NULL (the API then returns null), which is accepted.
 """
 
 from __future__ import annotations
@@ -13,16 +14,20 @@ from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
+    Column,
     Double,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import REAL
 
 from service.db.base import Base, UTCDateTime, utcnow
 from service.vocabulary import (
@@ -195,31 +200,90 @@ class Layer(Base):
     activation: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+# Consecutive rows of one layer that one rollup row summarizes (at most; a write of fewer
+# steps makes a shorter segment): the recorder writes them beside the raw rows.
+ROLLUP_ROWS = 32
+
+
+class StatJob(Base):
+    """A job as the statistics tables know it: a small integer ``key`` that their rows
+    carry instead of the 32-character job id, and facts kept up to date at ingest, so that
+    reads never scan a job's rows for them."""
+
+    __tablename__ = "stat_job"
+
+    # A table of its own rather than a column of job: SQLite numbers only a primary key.
+    key: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), unique=True)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    first_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_layer_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The first step at which any layer counted a NaN or Inf in its gradients.
+    first_nonfinite_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Set when retention dropped the raw rows: reads then come from the rollup.
+    raw_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+def _stat_job_fk() -> ForeignKey:
+    return ForeignKey("stat_job.key", ondelete="CASCADE")
+
+
 class LayerStat(Base):
-    """One row per layer and telemetry step; the primary key order serves range reads."""
+    """One row per layer and telemetry step; the primary key order serves range reads.
+
+    Compact on purpose (~110 B a row on PostgreSQL, half what it was): the integer job
+    key, a small layer index and epoch, statistics as single-precision ``REAL`` (what
+    the device computes them from is float32; values past its range are stored as
+    ±Infinity), and NULL, not NaN, for a statistic the layer does not have.
+    """
 
     __tablename__ = "layer_stat"
 
-    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
-    layer_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    job_key: Mapped[int] = mapped_column(
+        Integer, _stat_job_fk(), primary_key=True, autoincrement=False
+    )
+    layer_index: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
     step: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    epoch: Mapped[int] = mapped_column(Integer)
-    grad_norm: Mapped[float | None] = mapped_column(Double)
-    grad_mean: Mapped[float | None] = mapped_column(Double)
-    grad_std: Mapped[float | None] = mapped_column(Double)
-    grad_abs_max: Mapped[float | None] = mapped_column(Double)
-    grad_zero_frac: Mapped[float | None] = mapped_column(Double)
-    weight_norm: Mapped[float | None] = mapped_column(Double)
-    update_ratio: Mapped[float | None] = mapped_column(Double)
-    nan_count: Mapped[float | None] = mapped_column(Double)
-    inf_count: Mapped[float | None] = mapped_column(Double)
-    act_mean: Mapped[float | None] = mapped_column(Double)
-    act_std: Mapped[float | None] = mapped_column(Double)
-    act_saturation: Mapped[float | None] = mapped_column(Double)
-    preact_mean: Mapped[float | None] = mapped_column(Double)
-    preact_std: Mapped[float | None] = mapped_column(Double)
+    epoch: Mapped[int] = mapped_column(SmallInteger)
+    grad_norm: Mapped[float | None] = mapped_column(REAL)
+    grad_mean: Mapped[float | None] = mapped_column(REAL)
+    grad_std: Mapped[float | None] = mapped_column(REAL)
+    grad_abs_max: Mapped[float | None] = mapped_column(REAL)
+    grad_zero_frac: Mapped[float | None] = mapped_column(REAL)
+    weight_norm: Mapped[float | None] = mapped_column(REAL)
+    update_ratio: Mapped[float | None] = mapped_column(REAL)
+    nan_count: Mapped[float | None] = mapped_column(REAL)
+    inf_count: Mapped[float | None] = mapped_column(REAL)
+    act_mean: Mapped[float | None] = mapped_column(REAL)
+    act_std: Mapped[float | None] = mapped_column(REAL)
+    act_saturation: Mapped[float | None] = mapped_column(REAL)
+    preact_mean: Mapped[float | None] = mapped_column(REAL)
+    preact_std: Mapped[float | None] = mapped_column(REAL)
     # Fraction of units (features or channels) dead for every example of the batch.
-    act_dead_frac: Mapped[float | None] = mapped_column(Double)
+    act_dead_frac: Mapped[float | None] = mapped_column(REAL)
+
+
+# One row per segment of at most ROLLUP_ROWS consecutive rows of one layer, written with
+# them: for each statistic its last value and the segment's min and max (a spike, an inf
+# or a NaN is never averaged away: NaN counts as the largest value, as PostgreSQL orders
+# it). ``step`` is the segment's last step. A Core table: its 45 statistic columns are
+# generated, and only the repository reads it.
+layer_stat_rollup = Table(
+    "layer_stat_rollup",
+    Base.metadata,
+    Column("job_key", Integer, _stat_job_fk(), primary_key=True, autoincrement=False),
+    Column("layer_index", SmallInteger, primary_key=True, autoincrement=False),
+    Column("step", Integer, primary_key=True, autoincrement=False),
+    Column("first_step", Integer, nullable=False),
+    Column("epoch", SmallInteger, nullable=False),
+    Column("rows", SmallInteger, nullable=False),
+    *(
+        Column(f"{name}{suffix}", REAL, nullable=True)
+        for name in LAYER_STAT_COLUMNS
+        for suffix in ("", "_min", "_max")
+    ),
+)
 
 
 class LayerHistogram(Base):

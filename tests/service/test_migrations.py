@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,8 @@ TABLES = {
     "sweep",
     "landscape",
     "worker_node",
+    "stat_job",
+    "layer_stat_rollup",
 }
 
 
@@ -196,4 +199,78 @@ def test_owners_arrive_without_losing_rows(empty_db: str) -> None:
         keys = conn.execute(text("SELECT id, idempotency_key FROM job ORDER BY id")).all()
         assert [tuple(row) for row in keys] == [("j1", "k"), ("j2", None)]
         assert conn.execute(text("SELECT count(*) FROM layer_stat")).scalar() == 1
+    engine.dispose()
+
+
+def test_statistics_move_to_integer_keys_and_a_rollup(empty_db: str) -> None:
+    """0009: each job with statistics gets a key and its facts; its rows move (absent
+    activation statistics become NULL, values past single precision ±Infinity or 0) and
+    its rollup is computed from them; downgrading brings the rows back."""
+    upgrade_database(empty_db, "0007")
+    now = datetime.now(UTC)
+    engine = make_engine(empty_db)
+    postgres = engine.dialect.name == "postgresql"
+    with engine.begin() as conn:
+        for job_id in ("j1", "j2"):
+            conn.execute(
+                text(
+                    "INSERT INTO job (id, owner, name, tags, status, spec, queue, epoch, epochs, "
+                    "step, total_steps, created_at, cancel_requested) VALUES (:id, 'a', '', "
+                    "'[]', 'succeeded', '{}', 'cpu', 0, 1, 0, 0, :now, :false)"
+                ),
+                {"id": job_id, "now": now, "false": False},
+            )
+        insert_row = text(
+            "INSERT INTO layer_stat (job_id, layer_index, step, epoch, grad_norm, nan_count, "
+            "act_mean) VALUES (:job, :layer, :step, 0, :norm, :nans, :act)"
+        )
+        for step in range(40):
+            for layer in range(2):
+                norm = 1e39 if step == 5 else 1e-50 if step == 6 else float(step)
+                conn.execute(
+                    insert_row,
+                    {
+                        "job": "j1",
+                        "layer": layer,
+                        "step": step,
+                        "norm": norm,
+                        "nans": 2.0 if step == 30 else 0.0,
+                        "act": float("nan") if postgres and layer == 1 else 0.5,
+                    },
+                )
+    upgrade_database(empty_db)
+    with engine.connect() as conn:
+        facts = conn.execute(
+            text(
+                "SELECT job_id, rows, first_step, last_step, max_layer_index, "
+                "first_nonfinite_step FROM stat_job"
+            )
+        ).all()
+        assert [tuple(row) for row in facts] == [("j1", 80, 0, 39, 1, 30)]
+        moved = conn.execute(
+            text(
+                "SELECT step, grad_norm, act_mean FROM layer_stat WHERE layer_index = 1 "
+                "AND step IN (5, 6, 7) ORDER BY step"
+            )
+        ).all()
+        assert [row[0] for row in moved] == [5, 6, 7]
+        assert moved[0][1] == (math.inf if postgres else 1e39)
+        assert moved[1][1] == (0.0 if postgres else 1e-50)
+        assert moved[2][2] == (None if postgres else 0.5)
+        segments = conn.execute(
+            text(
+                "SELECT layer_index, first_step, step, rows, grad_norm, grad_norm_max "
+                "FROM layer_stat_rollup WHERE layer_index = 0 ORDER BY step"
+            )
+        ).all()
+        assert [tuple(row[:4]) for row in segments] == [(0, 0, 31, 32), (0, 32, 39, 8)]
+        assert segments[0][4] == 31.0 and segments[1][5] == 39.0
+        assert segments[0][5] == (math.inf if postgres else 1e39)
+    downgrade_database(empty_db, "0007")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM layer_stat")).scalar() == 80
+        back = conn.execute(
+            text("SELECT job_id, grad_norm FROM layer_stat WHERE step = 7 AND layer_index = 0")
+        ).one()
+        assert tuple(back) == ("j1", 7.0)
     engine.dispose()

@@ -129,7 +129,13 @@ def test_gradients_all_layers_and_stats_by_default(client: TestClient, session: 
     assert point["step"] == 20
     assert point["epoch"] == 1
     assert point["grad_norm"] == 1020.0
-    assert set(point) == {"step", "epoch", *LAYER_STAT_COLUMNS}
+    assert set(point) == {
+        "step",
+        "epoch",
+        *LAYER_STAT_COLUMNS,
+        *(f"{name}_min" for name in LAYER_STAT_COLUMNS),
+        *(f"{name}_max" for name in LAYER_STAT_COLUMNS),
+    }
 
 
 def test_gradients_filter_layers_by_index_or_name_and_stats(
@@ -150,17 +156,20 @@ def test_gradients_filter_layers_by_index_or_name_and_stats(
         "epoch": 1,
         "grad_norm": 2010.0,
         "act_saturation": 2010.0,
+        "grad_norm_min": 2010.0,
+        "act_saturation_min": 2010.0,
+        "grad_norm_max": 2010.0,
+        "act_saturation_max": 2010.0,
     }
 
 
 @pytest.mark.parametrize(
-    "n_steps,max_points,expected", [(1001, 500, 335), (2400, 300, 268), (1000, 500, 334)]
+    "n_steps,max_points,expected", [(1001, 500, 334), (2400, 300, 300), (1000, 500, 500)]
 )
 def test_downsampled_series_have_the_same_length_on_every_backend(
     client: TestClient, session: Session, n_steps: int, max_points: int, expected: int
 ) -> None:
-    # stride s = ceil((n-1)/(m-1)) keeps rows 1, 1+s, 1+2s, ... and the last one. On
-    # PostgreSQL a stride computed with `/` was fractional and kept 2 points.
+    # Buckets of w = ceil(n / m) steps: ceil(n / w) points.
     job_id = _running_job(client, session)
     telemetry_queries.add_layer_stats(
         session=session, job_id=job_id, rows=_stat_rows(range(n_steps))
@@ -171,8 +180,16 @@ def test_downsampled_series_have_the_same_length_on_every_backend(
     assert lengths == {expected}
 
 
+@pytest.fixture(params=["raw", "rollup"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Downsampled reads from the raw rows, or (as a long job's are) from the rollup."""
+    if request.param == "rollup":
+        monkeypatch.setattr(telemetry_queries, "RAW_READ_ROWS", 0)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("n_steps,max_points", [(1000, 500), (1001, 7), (10, 2), (11, 4), (5, 500)])
-def test_gradients_downsampled_keeping_first_and_last(
+def test_gradients_downsampled_into_buckets_ending_at_the_last_step(
     client: TestClient, session: Session, n_steps: int, max_points: int
 ) -> None:
     job_id = _running_job(client, session)
@@ -180,6 +197,7 @@ def test_gradients_downsampled_keeping_first_and_last(
         session=session, job_id=job_id, rows=_stat_rows(range(n_steps))
     )
     session.commit()
+    width = math.ceil(n_steps / max_points)
     url = f"/v1/jobs/{job_id}/gradients?stat=grad_norm&max_points={max_points}"
     for series in client.get(url).json()["series"]:
         steps = [p["step"] for p in series["points"]]
@@ -187,11 +205,40 @@ def test_gradients_downsampled_keeping_first_and_last(
             assert steps == list(range(n_steps))
         else:
             assert max_points // 2 < len(steps) <= max_points
-        assert steps[0] == 0
+        assert steps[0] == width - 1  # a point is its bucket's last step
         assert steps[-1] == n_steps - 1
-        assert steps == sorted(steps)
         gaps = {b - a for a, b in itertools.pairwise(steps[:-1])}
-        assert len(gaps) <= 1  # a uniform stride, except possibly before the last point
+        assert len(gaps) <= 1  # equal buckets, except possibly the last
+        first = series["points"][0]
+        assert first["grad_norm_min"] < first["grad_norm_max"] or width == 1
+
+
+def test_downsampling_keeps_each_buckets_min_max_and_last(
+    client: TestClient, session: Session, db_url: str, read_path: str
+) -> None:
+    job_id = _running_job(client, session)
+    rows = [
+        {"layer_index": 0, "step": step, "epoch": 1, "grad_norm": 1.0, "nan_count": 0.0}
+        for step in range(1000)
+    ]
+    rows[123]["grad_norm"] = 1e6  # a spike
+    rows[777].update(grad_norm=math.nan, nan_count=5.0)  # a NaN
+    rows[999]["grad_norm"] = 2.0
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
+    session.commit()
+    url = f"/v1/jobs/{job_id}/gradients?layer=0&stat=grad_norm&stat=nan_count&max_points=10"
+    points = client.get(url).json()["series"][0]["points"]
+    # A point is its bucket's last step (from the rollup: its last segment's last step).
+    assert [p["step"] // 100 for p in points] == list(range(10))
+    assert points[-1]["step"] == 999
+    assert points[1]["grad_norm_max"] == 1e6 and points[1]["grad_norm"] == 1.0
+    assert points[1]["grad_norm_min"] == 1.0
+    # PostgreSQL keeps the NaN (the largest value); SQLite stores every NaN as NULL.
+    nan_max = 1.0 if db_url.startswith("sqlite") else "NaN"
+    assert points[7]["grad_norm_max"] == nan_max and points[7]["grad_norm_min"] == 1.0
+    assert points[7]["nan_count_max"] == 5.0 and points[7]["nan_count"] == 0.0
+    assert points[9]["grad_norm"] == 2.0  # the last value of the last bucket
+    assert all(p["nan_count_max"] == 0.0 for i, p in enumerate(points) if i != 7)
 
 
 def test_gradients_nan_and_inf(client: TestClient, session: Session, db_url: str) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Job, JobTag, Layer, LayerStat
+from service.db.models import LAYER_STAT_COLUMNS, Job, JobTag, Layer, LayerStat, StatJob
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from tests.service.conftest import stored_job
@@ -72,3 +75,69 @@ def test_deleting_a_job_cascades_to_its_rows(session: Session) -> None:
     session.commit()
     for model in (JobTag, Layer, LayerStat):
         assert session.scalars(select(model)).all() == []
+
+
+def _stored_stats(session: Session, job_id: str) -> list[tuple[object, ...]]:
+    rows = session.execute(
+        select(LayerStat.layer_index, LayerStat.step, LayerStat.epoch, *_stat_columns())
+        .join(StatJob, StatJob.key == LayerStat.job_key)
+        .where(StatJob.job_id == job_id)
+        .order_by(LayerStat.layer_index, LayerStat.step)
+    ).all()
+    # NaN != NaN: compare its text instead.
+    return [tuple(repr(v) if isinstance(v, float) else v for v in row) for row in rows]
+
+
+def _stat_columns() -> list[object]:
+    return [getattr(LayerStat, name) for name in LAYER_STAT_COLUMNS]
+
+
+def test_the_bulk_write_stores_what_an_insert_stores(session: Session) -> None:
+    """COPY (PostgreSQL) / executemany (SQLite) against SQLAlchemy's INSERT of the same
+    rows: NaN, ±inf, absent values, several layers and steps in any order."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for step in (7, 3, 5):
+        for layer in (2, 0, 1):
+            values: list[float | None] = rng.lognormal(size=len(LAYER_STAT_COLUMNS)).tolist()
+            values[0] = math.nan if step == 5 else values[0]
+            values[1] = math.inf if layer == 1 else values[1]
+            values[2] = -math.inf if layer == 2 else values[2]
+            values[9] = None if layer == 0 else values[9]
+            rows.append((layer, step, 1, *values))
+    copied, inserted = stored_job(session), stored_job(session)
+    telemetry_queries.add_layer_stat_rows(session=session, job_id=copied, rows=rows)
+    facts = StatJob(job_id=inserted, rows=0)
+    session.add(facts)
+    session.flush()
+    names = ("layer_index", "step", "epoch", *LAYER_STAT_COLUMNS)
+    session.execute(
+        insert(LayerStat),
+        [{"job_key": facts.key, **dict(zip(names, row, strict=True))} for row in rows],
+    )
+    session.commit()
+    assert len(_stored_stats(session, copied)) == 9
+    assert _stored_stats(session, copied) == _stored_stats(session, inserted)
+
+
+def test_facts_kept_at_ingest(session: Session) -> None:
+    job_id = stored_job(session)
+    rows = [
+        {"layer_index": i, "step": s, "epoch": 1, "nan_count": 0.0}
+        for i in (0, 1)
+        for s in range(10)
+    ]
+    rows[13]["nan_count"] = 4.0  # layer 1, step 3
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
+    session.commit()
+    assert telemetry_queries.first_nonfinite_step(session=session, job_id=job_id) == 3
+    facts = session.scalars(select(StatJob).where(StatJob.job_id == job_id)).one()
+    assert (facts.rows, facts.first_step, facts.last_step, facts.max_layer_index) == (20, 0, 9, 1)
+    telemetry_queries.discard_after(session=session, job_id=job_id, step=2, epoch=0)
+    session.commit()
+    assert telemetry_queries.first_nonfinite_step(session=session, job_id=job_id) is None
+    assert (facts.rows, facts.last_step) == (6, 2)
+    points = telemetry_queries.list_layer_stat_points(
+        session=session, job_id=job_id, stats=["nan_count"], max_points=500
+    )
+    assert [(p[0], p[1]) for p in points] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from service import checkpoints as files
 from service.config import Settings
-from service.db.models import EpochMetric, Job, LayerStat
+from service.db.models import EpochMetric, Job, LayerStat, StatJob
 from service.db.repository import jobs as job_queries
 from service.errors import StaleAttempt
 from service.specs import ExperimentSpec
@@ -58,7 +58,9 @@ def _rows(session: Session, job_id: str) -> tuple[list[int], list[tuple[int, int
         select(EpochMetric.epoch).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch)
     ).all()
     stats = session.execute(
-        select(LayerStat.layer_index, LayerStat.step).where(LayerStat.job_id == job_id)
+        select(LayerStat.layer_index, LayerStat.step)
+        .join(StatJob, StatJob.key == LayerStat.job_key)
+        .where(StatJob.job_id == job_id)
     ).all()
     return list(epochs), [(int(a), int(b)) for a, b in stats]
 
@@ -167,6 +169,25 @@ def test_a_stale_attempt_writes_nothing_more_and_is_told_to_stop(
     assert _rows(session, job_id)[0] == [1]
     job = session.get(Job, job_id, populate_existing=True)
     assert job is not None and job.attempt == 2 and job.status == "running"
+
+
+def test_a_stale_attempt_copies_no_statistics(settings: Settings, session: Session) -> None:
+    """The bulk write (COPY on PostgreSQL) runs inside the guarded transaction: once
+    another attempt holds the job, the stale one's batch is never written."""
+    job_id = stored_job(session, **SPEC)
+    job_queries.claim_job(session=session, job_id=job_id, worker="paused")
+    session.commit()
+    recorder = Recorder(session_factory_for(settings), job_id, attempt=1, progress_interval_s=0.01)
+    with pytest.raises(StaleAttempt), recorder:
+        recorder.handle(_stats_batch([0, 1]))
+        _wait(lambda: len(_rows(session, job_id)[1]) == 6)
+        job_queries.release_attempt(session=session, job_id=job_id, attempt=1, reason="lost")
+        job_queries.claim_job(session=session, job_id=job_id, worker="other")
+        session.commit()
+        recorder.handle(_stats_batch([2, 3]))
+        _wait(lambda: recorder.stale)
+    session.expire_all()
+    assert sorted({step for _, step in _rows(session, job_id)[1]}) == [0, 1]
 
 
 class FlakyDatabase:

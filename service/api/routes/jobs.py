@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, list, read and cancel jobs."""
+"""/v1/jobs: submit, list, read, cancel and delete jobs."""
 
 from __future__ import annotations
 
@@ -117,6 +117,21 @@ def get_job(job: JobDep) -> JobRead:
 )
 def cancel_job(job: JobDep, session: SessionDep) -> JobRead:
     return job_read(jobs.cancel_job(session=session, job=job))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(404, 409, 422),
+    summary="Delete a job",
+    description="Removes a finished job with everything it recorded (statistics, "
+    "histograms, metrics, landscape) and its checkpoints. A queued or running job is a 409: "
+    "cancel it first. Another key's job is a 404.",
+)
+def delete_job(job: JobDep, session: SessionDep, settings: SettingsDep) -> Response:
+    jobs.delete_job(session=session, settings=settings, job=job)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

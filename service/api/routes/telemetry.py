@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 
 from service import telemetry
 from service.api.deps import JobDep, SessionDep
@@ -13,7 +14,6 @@ from service.api.schemas.common import error_responses
 from service.api.schemas.telemetry import (
     EpochMetricRead,
     Gradients,
-    GradientSeries,
     HistogramRead,
     LandscapeRead,
     LayerRead,
@@ -55,8 +55,10 @@ def job_layers(job: JobDep, session: SessionDep) -> list[LayerRead]:
     response_model=Gradients,
     responses=error_responses(404, 422),
     summary="Per-layer statistics over training steps",
-    description="Each layer's series is downsampled to at most `max_points` by a uniform "
-    "stride that keeps the first and last point. Non-finite values are the strings "
+    description="Each layer's series is downsampled to at most `max_points`: equal step "
+    "buckets, each point its bucket's last step and values with `<stat>_min` and "
+    "`<stat>_max` over the bucket (spikes, inf and NaN stay visible; a long job's buckets "
+    "are read from the rollup written at ingest). Non-finite values are the strings "
     '"NaN", "Infinity", "-Infinity" (a NaN stored in SQLite reads back as null).',
 )
 def job_gradients(
@@ -69,7 +71,7 @@ def job_gradients(
     max_points: Annotated[
         int, Query(ge=2, le=10_000, description="At most this many points per layer.")
     ] = 500,
-) -> Gradients:
+) -> JSONResponse:
     stats, series = telemetry.gradient_series(
         session=session,
         job=job,
@@ -79,10 +81,17 @@ def job_gradients(
         to_step=to_step,
         max_points=max_points,
     )
-    return Gradients(
-        job_id=job.id,
-        stats=stats,
-        series=[GradientSeries.model_validate(s) for s in series],
+    # Built as plain JSON, not validated again: a long job's answer holds 10^5 values,
+    # whose per-value validation against the documented model cost more than the read.
+    return JSONResponse(
+        {
+            "job_id": job.id,
+            "stats": stats,
+            "series": [
+                {"layer_index": s.layer_index, "name": s.name, "kind": s.kind, "points": s.points}
+                for s in series
+            ],
+        }
     )
 
 

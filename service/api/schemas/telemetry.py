@@ -39,7 +39,11 @@ class GradientSeries(BaseModel):
     name: str
     kind: LayerKind | str = Field(description='The layer kind ("unknown" without a layer row).')
     points: list[dict[str, int | float | str | None]] = Field(
-        description="Each point: step, epoch and the requested statistics."
+        description="Each point: step, epoch and the requested statistics; a long series "
+        "is cut into step buckets and a point is a bucket's last step, epoch and values, with "
+        "`<stat>_min` and `<stat>_max` over the bucket (so a spike, an inf or a NaN is never "
+        "averaged away; NaN counts as the largest value). A point that is one stored row has "
+        "min = max = value."
     )
 
 

@@ -528,3 +528,8 @@ def list_jobs(
         )
     order = keyset.order(key=Job.created_at, row_id=Job.id, descending=newest_first)
     return session.scalars(stmt.order_by(*order).limit(limit)).all()
+
+
+def delete_job(*, session: Session, job_id: str) -> None:
+    """Delete a job's row (its tags and other rows go with it: ON DELETE CASCADE)."""
+    session.execute(delete(Job).where(Job.id == job_id))

@@ -1,24 +1,40 @@
 """Queries of what a run records: its layer plan, epoch metrics, per-layer statistics,
-gradient histograms and loss-landscape slice."""
+gradient histograms and loss-landscape slice.
+
+Layer statistics are written in bulk (binary COPY on PostgreSQL) with, beside them, a
+rollup (per layer, min/max/last of each run of ROLLUP_ROWS rows) and per-job facts
+(``stat_job``). A read that would fetch more raw rows than ``RAW_READ_ROWS`` reads the
+rollup instead, so its cost does not grow with the job.
+"""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, func, insert, or_, select, update
+import numpy as np
+import psycopg
+from sqlalchemy import ColumnElement, Row, Select, Table, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
 from service.db.models import (
     LAYER_STAT_COLUMNS,
+    ROLLUP_ROWS,
     EpochMetric,
     Job,
     Landscape,
     Layer,
     LayerHistogram,
     LayerStat,
+    StatJob,
+    layer_stat_rollup,
 )
+from service.kit import rollup
 from service.kit.jsonnum import json_safe
 
 EPOCH_METRIC_COLUMNS: tuple[str, ...] = (
@@ -29,6 +45,59 @@ EPOCH_METRIC_COLUMNS: tuple[str, ...] = (
     "lr",
     "seconds",
 )
+# What a caller writes per (layer, step): layer_index, step, epoch, then the statistics.
+StatRow = tuple[Any, ...]
+# The columns of a stored row and their PostgreSQL types, for binary COPY (psycopg cannot
+# guess a type from None).
+LAYER_STAT_ROW_COLUMNS: tuple[str, ...] = (
+    "job_key",
+    "layer_index",
+    "step",
+    "epoch",
+    *LAYER_STAT_COLUMNS,
+)
+LAYER_STAT_ROW_TYPES: tuple[str, ...] = (
+    "int4",
+    "int2",
+    "int4",
+    "int2",
+    *("float4",) * len(LAYER_STAT_COLUMNS),
+)
+ROLLUP_STAT_COLUMNS: tuple[str, ...] = tuple(
+    f"{name}{suffix}" for name in LAYER_STAT_COLUMNS for suffix in ("", "_min", "_max")
+)
+ROLLUP_ROW_COLUMNS: tuple[str, ...] = (
+    "job_key",
+    "layer_index",
+    "step",
+    "first_step",
+    "epoch",
+    "rows",
+    *ROLLUP_STAT_COLUMNS,
+)
+ROLLUP_ROW_TYPES: tuple[str, ...] = (
+    "int4",
+    "int2",
+    "int4",
+    "int4",
+    "int2",
+    "int2",
+    *("float4",) * len(ROLLUP_STAT_COLUMNS),
+)
+# The engine marks a layer without a counted activation with NaN in these: the worker
+# stores them as NULL (absent). A NaN anywhere else is a real NaN and stays one.
+ABSENT_WHEN_NAN: tuple[str, ...] = (
+    "act_mean",
+    "act_std",
+    "act_saturation",
+    "preact_mean",
+    "preact_std",
+    "act_dead_frac",
+)
+_NONFINITE_INDEXES = [LAYER_STAT_COLUMNS.index("nan_count"), LAYER_STAT_COLUMNS.index("inf_count")]
+_LAYER_STAT_TABLE: Table = LayerStat.__table__  # type: ignore[assignment]
+# Raw rows a read may fetch before it reads the rollup instead (some 50 ms of fetching).
+RAW_READ_ROWS = 50_000
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -81,14 +150,51 @@ def save_run_plan(
 def discard_after(*, session: Session, job_id: str, step: int, epoch: int) -> None:
     """Delete what a run recorded after a checkpoint (layer statistics and histograms
     after ``step``, epoch metrics after ``epoch``), before a resumed attempt writes: it
-    records those again, so every (layer, step) and every epoch stays once."""
-    session.execute(delete(LayerStat).where(LayerStat.job_id == job_id, LayerStat.step > step))
+    records those again, so every (layer, step) and every epoch stays once. A rollup
+    segment that straddles ``step`` is recomputed from the raw rows it keeps."""
     session.execute(
         delete(LayerHistogram).where(LayerHistogram.job_id == job_id, LayerHistogram.step > step)
     )
     session.execute(
         delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch > epoch)
     )
+    facts = _stat_job(session, job_id)
+    if facts is None:
+        return
+    key, r = facts.key, layer_stat_rollup.c
+    session.execute(delete(LayerStat).where(LayerStat.job_key == key, LayerStat.step > step))
+    straddling = session.execute(
+        select(r.layer_index, r.first_step).where(
+            r.job_key == key, r.step > step, r.first_step <= step
+        )
+    ).all()
+    session.execute(delete(layer_stat_rollup).where(r.job_key == key, r.step > step))
+    if straddling:
+        starts = {int(layer): int(first) for layer, first in straddling}
+        kept = [
+            row
+            for row in session.execute(
+                select(LayerStat.layer_index, LayerStat.step, LayerStat.epoch, *_stat_columns())
+                .where(
+                    LayerStat.job_key == key,
+                    LayerStat.layer_index.in_(sorted(starts)),
+                    LayerStat.step.between(min(starts.values()), step),
+                )
+                .order_by(LayerStat.layer_index, LayerStat.step)
+            ).all()
+            if row[1] >= starts[int(row[0])]
+        ]
+        if kept:
+            runs = _raw_runs(kept)
+            _write_rollup(session, key, runs.reduce(rollup.segment_starts(runs.layer, ROLLUP_ROWS)))
+    # Rare (a resume): counting the job's rows once is fine here.
+    facts.rows = session.scalar(select(func.count()).where(LayerStat.job_key == key)) or 0
+    facts.last_step = session.scalar(select(func.max(r.step)).where(r.job_key == key))
+    if facts.last_step is None:
+        facts.first_step = None
+    if facts.first_nonfinite_step is not None and facts.first_nonfinite_step > step:
+        facts.first_nonfinite_step = None
+    session.flush()
 
 
 def add_epoch_metric(*, session: Session, job_id: str, metric: Mapping[str, float | int]) -> None:
@@ -99,20 +205,221 @@ def add_epoch_metric(*, session: Session, job_id: str, metric: Mapping[str, floa
 
 def add_layer_stats(*, session: Session, job_id: str, rows: Sequence[Mapping[str, Any]]) -> int:
     """Bulk insert; unknown keys are ignored, missing statistics stored as NULL."""
+    return add_layer_stat_rows(
+        session=session,
+        job_id=job_id,
+        rows=[
+            (
+                int(row["layer_index"]),
+                int(row["step"]),
+                int(row["epoch"]),
+                *(_float_or_none(row.get(name)) for name in LAYER_STAT_COLUMNS),
+            )
+            for row in rows
+        ],
+    )
+
+
+def add_layer_stat_rows(*, session: Session, job_id: str, rows: Sequence[StatRow]) -> int:
+    """Write rows (layer_index, step, epoch, *LAYER_STAT_COLUMNS values; None: absent)."""
     if not rows:
         return 0
-    clean = [
-        {
-            "job_id": job_id,
-            "layer_index": int(row["layer_index"]),
-            "step": int(row["step"]),
-            "epoch": int(row["epoch"]),
-            **{name: _float_or_none(row.get(name)) for name in LAYER_STAT_COLUMNS},
-        }
-        for row in rows
-    ]
-    session.execute(insert(LayerStat), clean)
-    return len(clean)
+    ints = np.array([row[:3] for row in rows], dtype=np.int64).reshape(len(rows), 3)
+    values, absent = rollup.from_cells([row[3:] for row in rows], len(LAYER_STAT_COLUMNS))
+    layer, step, epoch, values, absent = rollup.sort_rows(
+        ints[:, 0], ints[:, 1], ints[:, 2], values, absent
+    )
+    return _ingest(session, job_id, layer, step, epoch, rollup.fit_single(values), absent)
+
+
+def add_layer_stat_block(
+    *,
+    session: Session,
+    job_id: str,
+    steps: np.ndarray,
+    epochs: np.ndarray,
+    values: np.ndarray,
+    absent: np.ndarray | None = None,
+) -> int:
+    """Write every layer at every step of a block: ``values[i, j, k]`` is statistic
+    ``LAYER_STAT_COLUMNS[k]`` of layer ``j`` at ``steps[i]`` (a NaN stays a NaN; ``absent``
+    marks what is stored as NULL). The worker's path: arrays in, no dict per row."""
+    n_steps, n_layers, width = values.shape
+    if n_steps * n_layers == 0:
+        return 0
+    if width != len(LAYER_STAT_COLUMNS):
+        raise ValueError(f"expected {len(LAYER_STAT_COLUMNS)} statistics, got {width}")
+    # Long form in (layer, step) order: each layer's rows together, as reads want them.
+    long_values = values.astype(np.float64, copy=False).transpose(1, 0, 2).reshape(-1, width)
+    long_absent = (
+        np.zeros(long_values.shape, dtype=bool)
+        if absent is None
+        else absent.transpose(1, 0, 2).reshape(-1, width)
+    )
+    layer = np.repeat(np.arange(n_layers, dtype=np.int64), n_steps)
+    step = np.tile(steps.astype(np.int64), n_layers)
+    epoch = np.tile(epochs.astype(np.int64), n_layers)
+    if n_steps > 1 and not bool(np.all(np.diff(steps) > 0)):
+        layer, step, epoch, long_values, long_absent = rollup.sort_rows(
+            layer, step, epoch, long_values, long_absent
+        )
+    fitted = rollup.fit_single(long_values)
+    return _ingest(session, job_id, layer, step, epoch, fitted, long_absent)
+
+
+def _stat_job(session: Session, job_id: str, *, create: bool = False) -> StatJob | None:
+    found = session.scalar(select(StatJob).where(StatJob.job_id == job_id))
+    if found is None and create:
+        found = StatJob(job_id=job_id, rows=0)
+        session.add(found)
+        session.flush()  # its key, before rows refer to it
+    return found
+
+
+def _ingest(
+    session: Session,
+    job_id: str,
+    layer: np.ndarray,
+    step: np.ndarray,
+    epoch: np.ndarray,
+    values: np.ndarray,
+    absent: np.ndarray,
+) -> int:
+    """Raw rows, their rollup segments and the job's facts, in the caller's transaction,
+    at the database's bulk speed: binary COPY on PostgreSQL, one prepared statement run
+    over all rows (``executemany``) on SQLite.
+
+    The caller's transaction is the fence: a worker opens it with ``guard_attempt``, so a
+    stale attempt's COPY never runs (the guard raises first) and a requeue waits for it.
+    """
+    facts = _stat_job(session, job_id, create=True)
+    assert facts is not None
+    n = int(step.shape[0])
+    keys = np.full(n, facts.key, dtype=np.int64)
+    _bulk_write(
+        session,
+        _LAYER_STAT_TABLE,
+        LAYER_STAT_ROW_COLUMNS,
+        LAYER_STAT_ROW_TYPES,
+        [keys, layer, step, epoch, *values.T],
+        np.concatenate((np.zeros((n, 4), dtype=bool), absent), axis=1),
+    )
+    runs = rollup.Runs.of_raw(layer, step, epoch, values, absent)
+    _write_rollup(session, facts.key, runs.reduce(rollup.segment_starts(layer, ROLLUP_ROWS)))
+    _update_facts(facts, layer, step, values, absent)
+    return n
+
+
+def _write_rollup(session: Session, key: int, runs: rollup.Runs) -> None:
+    n, width = runs.last.shape
+    values = np.stack((runs.last, runs.low, runs.high), axis=2).reshape(n, 3 * width)
+    absent = np.stack((runs.last_absent, runs.low_absent, runs.high_absent), axis=2)
+    ints = [np.full(n, key), runs.layer, runs.step, runs.first_step, runs.epoch, runs.count]
+    _bulk_write(
+        session,
+        layer_stat_rollup,
+        ROLLUP_ROW_COLUMNS,
+        ROLLUP_ROW_TYPES,
+        [*ints, *values.T],
+        np.concatenate((np.zeros((n, 6), dtype=bool), absent.reshape(n, 3 * width)), axis=1),
+    )
+
+
+def _update_facts(
+    facts: StatJob, layer: np.ndarray, step: np.ndarray, values: np.ndarray, absent: np.ndarray
+) -> None:
+    first, last, top = int(step.min()), int(step.max()), int(layer.max())
+    facts.rows = (facts.rows or 0) + int(step.shape[0])
+    facts.first_step = first if facts.first_step is None else min(facts.first_step, first)
+    facts.last_step = last if facts.last_step is None else max(facts.last_step, last)
+    known_top = facts.max_layer_index
+    facts.max_layer_index = top if known_top is None else max(known_top, top)
+    counts = np.where(absent[:, _NONFINITE_INDEXES], 0.0, values[:, _NONFINITE_INDEXES])
+    nonfinite = (counts > 0).any(axis=1)
+    if nonfinite.any():
+        seen = int(step[nonfinite].min())
+        known = facts.first_nonfinite_step
+        facts.first_nonfinite_step = seen if known is None else min(known, seen)
+
+
+def _bulk_write(
+    session: Session,
+    table: Table,
+    names: Sequence[str],
+    types: Sequence[str],
+    columns: Sequence[np.ndarray],
+    absent: np.ndarray,
+) -> None:
+    """Rows given as whole columns (``absent`` marks NULLs), in the session's transaction.
+
+    PostgreSQL: one binary COPY whose records numpy packs (no Python object per value);
+    SQLite: one prepared INSERT run over all rows (``executemany``)."""
+    if absent.shape[0] == 0:
+        return
+    connection = session.connection()
+    dialect = connection.dialect.name
+    listed = ", ".join(names)
+    if dialect == "postgresql":
+        raw = connection.connection.dbapi_connection
+        assert isinstance(raw, psycopg.Connection), "PostgreSQL is reached through psycopg 3"
+        payload = rollup.binary_copy_rows(columns, types, absent)
+        sql = f"COPY {table.name} ({listed}) FROM STDIN (FORMAT BINARY)"
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+            copy.write(rollup.COPY_SIGNATURE + payload + rollup.COPY_TRAILER)
+        return
+    cells = np.empty(absent.shape, dtype=object)
+    for i, column in enumerate(columns):
+        cells[:, i] = column.tolist()
+    cells[absent] = None
+    rows = [tuple(row) for row in cells.tolist()]
+    if dialect == "sqlite":
+        marks = ", ".join("?" * len(names))
+        connection.exec_driver_sql(f"INSERT INTO {table.name} ({listed}) VALUES ({marks})", rows)
+    else:  # any other database SQLAlchemy speaks: a multi-row INSERT
+        session.execute(insert(table), [dict(zip(names, row, strict=True)) for row in rows])
+
+
+def _stat_columns() -> list[Any]:
+    return [getattr(LayerStat, name) for name in LAYER_STAT_COLUMNS]
+
+
+def _raw_runs(rows: Sequence[Sequence[Any]]) -> rollup.Runs:
+    """Runs of raw rows (layer_index, step, epoch, *all statistics), in (layer, step) order."""
+    ints = np.array([row[:3] for row in rows], dtype=np.int64).reshape(len(rows), 3)
+    values, absent = rollup.from_cells([row[3:] for row in rows], len(rows[0]) - 3)
+    return rollup.Runs.of_raw(ints[:, 0], ints[:, 1], ints[:, 2], values, absent)
+
+
+def delete_telemetry(*, session: Session, job_id: str) -> int:
+    """Delete everything a job recorded (statistics, rollup, histograms, metrics, layer
+    plan, landscape); returns the statistic rows deleted."""
+    facts = _stat_job(session, job_id)
+    deleted = 0
+    if facts is not None:
+        result = session.execute(delete(LayerStat).where(LayerStat.job_key == facts.key))
+        deleted = int(getattr(result, "rowcount", 0) or 0)
+        r = layer_stat_rollup.c
+        session.execute(delete(layer_stat_rollup).where(r.job_key == facts.key))
+        session.execute(delete(StatJob).where(StatJob.key == facts.key))
+    for model in (LayerHistogram, EpochMetric, Layer, Landscape):
+        session.execute(delete(model).where(model.job_id == job_id))
+    return deleted
+
+
+def prune_raw_stats(*, session: Session, finished_before: datetime) -> int:
+    """Drop the raw per-step rows of jobs that finished before ``finished_before``,
+    keeping their rollup (reads then come from it) and facts; returns rows dropped."""
+    keys = session.scalars(
+        select(StatJob.key)
+        .join(Job, Job.id == StatJob.job_id)
+        .where(Job.finished_at < finished_before, StatJob.raw_pruned_at.is_(None))
+    ).all()
+    dropped = 0
+    for key in keys:
+        result = session.execute(delete(LayerStat).where(LayerStat.job_key == key))
+        dropped += int(getattr(result, "rowcount", 0) or 0)
+        session.execute(update(StatJob).where(StatJob.key == key).values(raw_pruned_at=utcnow()))
+    return dropped
 
 
 def add_histograms(*, session: Session, job_id: str, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -168,6 +475,164 @@ def list_layers(*, session: Session, job_id: str) -> Sequence[Layer]:
     return session.scalars(select(Layer).where(Layer.job_id == job_id).order_by(Layer.index)).all()
 
 
+def _layers_of(facts: StatJob, layer_indexes: Sequence[int] | None) -> list[int]:
+    """The layers to read, listed: ``layer_index IN (...)`` lets the primary key serve
+    each layer's step range (PostgreSQL has no skip scan over a leading column)."""
+    if layer_indexes is not None:
+        return sorted(set(layer_indexes))
+    return list(range((facts.max_layer_index or 0) + 1))
+
+
+def _estimated_rows(facts: StatJob, layers: int, lo: int, hi: int) -> float:
+    first, last = facts.first_step or 0, facts.last_step or 0
+    per_layer = facts.rows / ((facts.max_layer_index or 0) + 1)
+    return layers * per_layer * (hi - lo + 1) / (last - first + 1)
+
+
+def _fetch(session: Session, stmt: Select[Any]) -> list[tuple[Any, ...]]:
+    """All rows of ``stmt`` as plain tuples from the driver's cursor: for reads of tens of
+    thousands of rows, SQLAlchemy's per-row result processing would cost more than the
+    query (the columns need no conversion: integers and floats)."""
+    connection = session.connection()
+    compiled = stmt.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    order = compiled.positiontup
+    arguments: Any = params if order is None else tuple(params[name] for name in order)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(str(compiled), arguments)
+        return [tuple(row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+def _fetch_columns(
+    session: Session,
+    columns: Sequence[Any],
+    where: Sequence[ColumnElement[bool]],
+    group: Any,
+    order: Any,
+) -> list[list[Any]]:
+    """PostgreSQL: the rows as columns (the group key, then each column in ``order``),
+    one array per group: the driver parses arrays in C, a tuple per row costs more."""
+    aggregated = [func.array_agg(aggregate_order_by(column, order)) for column in columns]
+    groups = _fetch(
+        session,
+        select(group, func.count(), *aggregated).where(*where).group_by(group).order_by(group),
+    )
+    if not groups:
+        return []
+    out: list[list[Any]] = [[] for _ in range(len(columns) + 1)]
+    for key, count, *arrays in groups:
+        out[0].extend([key] * count)
+        for target, array in zip(out[1:], arrays, strict=True):
+            target.extend(array)
+    return out
+
+
+def list_layer_stat_points(
+    *,
+    session: Session,
+    job_id: str,
+    stats: Sequence[str],
+    layer_indexes: Sequence[int] | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    max_points: int = 500,
+) -> list[StatRow]:
+    """Points (layer_index, step, epoch, *last, *min, *max) of each layer's series, in
+    (layer, step) order, at most ``max_points`` per layer.
+
+    A series longer than ``max_points`` is cut into equal step buckets; a point is a
+    bucket's last step, epoch and values, and the min and max of each statistic over the
+    bucket (a spike, an inf or a NaN stays visible). A short series comes back as stored
+    (min = max = value). Reads at most ``RAW_READ_ROWS`` raw rows, else the rollup: the
+    cost does not grow with the job.
+    """
+    if max_points < 2:
+        raise ValueError("max_points must be at least 2")
+    _check_stats(stats)
+    facts = _stat_job(session, job_id)
+    if facts is None or facts.first_step is None or facts.last_step is None:
+        return []
+    layers = _layers_of(facts, layer_indexes)
+    lo = facts.first_step if from_step is None else max(from_step, facts.first_step)
+    hi = facts.last_step if to_step is None else min(to_step, facts.last_step)
+    if lo > hi or not layers:
+        return []
+    k = len(stats)
+    raw_allowed = facts.raw_pruned_at is None
+    if raw_allowed and _estimated_rows(facts, len(layers), lo, hi) <= RAW_READ_ROWS:
+        rows = _fetch(
+            session,
+            select(
+                LayerStat.layer_index,
+                LayerStat.step,
+                LayerStat.epoch,
+                *(getattr(LayerStat, name) for name in stats),
+            )
+            .where(
+                LayerStat.job_key == facts.key,
+                LayerStat.layer_index.in_(layers),
+                LayerStat.step.between(lo, hi),
+            )
+            .order_by(LayerStat.layer_index, LayerStat.step),
+        )
+        if not rows:
+            return []
+        if max(Counter(row[0] for row in rows).values()) <= max_points:
+            return [(*row, *row[3:], *row[3:]) for row in rows]
+        runs = _raw_runs(rows)
+    else:
+        r = layer_stat_rollup.c
+        picked = [r[f"{name}{suffix}"] for name in stats for suffix in ("", "_min", "_max")]
+        where = (r.job_key == facts.key, r.layer_index.in_(layers), r.step.between(lo, hi))
+        if session.get_bind().dialect.name == "postgresql":
+            columns = _fetch_columns(
+                session, [r.step, r.epoch, *picked], where, r.layer_index, r.step
+            )
+        else:
+            rows = _fetch(
+                session,
+                select(r.layer_index, r.step, r.epoch, *picked)
+                .where(*where)
+                .order_by(r.layer_index, r.step),
+            )
+            columns = [list(column) for column in zip(*rows, strict=True)]
+        if not columns or not columns[0]:
+            return []
+        ints = np.array(columns[:3], dtype=np.int64)
+        values, absent = rollup.from_columns(columns[3:])
+        values, absent = values.reshape(-1, k, 3), absent.reshape(-1, k, 3)
+        runs = rollup.Runs(
+            layer=ints[0],
+            step=ints[1],
+            epoch=ints[2],
+            first_step=ints[1],  # unused: a point is a bucket's last step
+            count=np.ones_like(ints[1]),
+            last=values[:, :, 0],
+            low=values[:, :, 1],
+            high=values[:, :, 2],
+            last_absent=absent[:, :, 0],
+            low_absent=absent[:, :, 1],
+            high_absent=absent[:, :, 2],
+        )
+    width = math.ceil((hi - lo + 1) / max_points)
+    points = runs.reduce(rollup.bucket_starts(runs.layer, runs.step, lo, width))
+    values = np.concatenate((points.last, points.low, points.high), axis=1)
+    absent = np.concatenate((points.last_absent, points.low_absent, points.high_absent), axis=1)
+    return [
+        (lx, sx, ex, *cells)
+        for lx, sx, ex, cells in zip(
+            points.layer.tolist(),
+            points.step.tolist(),
+            points.epoch.tolist(),
+            rollup.with_none(values, absent),
+            strict=True,
+        )
+    ]
+
+
 def list_layer_stats(
     *,
     session: Session,
@@ -177,96 +642,69 @@ def list_layer_stats(
     from_step: int | None = None,
     to_step: int | None = None,
     max_points: int = 500,
-) -> Sequence[Row[Any]]:
-    """Rows (layer_index, step, epoch, *stats), each layer's series strided in SQL.
-
-    A series of n > max_points rows keeps every s-th row, s = ceil((n-1)/(max_points-1)),
-    plus the last one, so it has at most ``max_points`` rows and keeps both ends.
-    """
-    if max_points < 2:
-        raise ValueError("max_points must be at least 2")
-    _check_stats(stats)
-    conditions: list[ColumnElement[bool]] = [LayerStat.job_id == job_id]
-    if layer_indexes is not None:
-        conditions.append(LayerStat.layer_index.in_(layer_indexes))
-    if from_step is not None:
-        conditions.append(LayerStat.step >= from_step)
-    if to_step is not None:
-        conditions.append(LayerStat.step <= to_step)
-    inner = (
-        select(
-            LayerStat.layer_index,
-            LayerStat.step,
-            LayerStat.epoch,
-            *(getattr(LayerStat, name) for name in stats),
-            func.row_number()
-            .over(partition_by=LayerStat.layer_index, order_by=LayerStat.step)
-            .label("rn"),
-            func.count().over(partition_by=LayerStat.layer_index).label("n"),
-        )
-        .where(*conditions)
-        .subquery()
+) -> Sequence[StatRow]:
+    """Rows (layer_index, step, epoch, *stats): each point's last values, as
+    ``list_layer_stat_points`` downsamples them."""
+    points = list_layer_stat_points(
+        session=session,
+        job_id=job_id,
+        stats=stats,
+        layer_indexes=layer_indexes,
+        from_step=from_step,
+        to_step=to_step,
+        max_points=max_points,
     )
-    rn, n = inner.c.rn, inner.c.n
-    # ceil((n-1)/(m-1)) in integers. `//`, never `/`: SQLAlchemy renders `/` between
-    # integers as true division on PostgreSQL, which would make the stride fractional.
-    stride = (n - 2) // (max_points - 1) + 1
-    keep = or_(n <= max_points, (rn - 1) % stride == 0, rn == n)
-    stmt = (
-        select(inner.c.layer_index, inner.c.step, inner.c.epoch, *(inner.c[s] for s in stats))
-        .where(keep)
-        .order_by(inner.c.layer_index, inner.c.step)
-    )
-    return session.execute(stmt).all()
+    return [point[: 3 + len(stats)] for point in points]
 
 
 def list_late_layer_stats(
     *, session: Session, job_id: str, stats: Sequence[str], max_steps: int = 2000
 ) -> Sequence[Row[Any]]:
-    """Rows (layer_index, step, *stats) of the last half of the job's telemetry steps.
+    """Rows (layer_index, step, *stats) of the last half of the job's telemetry steps,
+    ordered by step, then layer.
 
     The window starts at the midpoint of the first and last recorded step. When it holds
     more than ``max_steps`` steps, every s-th step is kept counting back from the last,
     s = (n - 1) // max_steps + 1, so every layer has the same steps and the last one is
-    always there. Bounded whatever the job's length: at most ``max_steps`` x layers rows.
+    always there. When the window's raw rows pass ``RAW_READ_ROWS`` (or were pruned), it
+    reads the rollup's segment ends instead (every ROLLUP_ROWS-th step, the last
+    included). Bounded whatever the job's length.
     """
     if max_steps < 1:
         raise ValueError("max_steps must be at least 1")
     _check_stats(stats)
-    midpoint = (
-        select((func.min(LayerStat.step) + func.max(LayerStat.step)) // 2)
-        .where(LayerStat.job_id == job_id)
-        .scalar_subquery()
-    )
-    ranked = (
-        select(
-            LayerStat.layer_index,
-            LayerStat.step,
-            *(getattr(LayerStat, name) for name in stats),
-            func.dense_rank().over(order_by=LayerStat.step.desc()).label("r"),
+    facts = _stat_job(session, job_id)
+    if facts is None or facts.first_step is None or facts.last_step is None:
+        return []
+    midpoint = (facts.first_step + facts.last_step) // 2
+    layers = _layers_of(facts, None)
+    estimate = _estimated_rows(facts, len(layers), midpoint, facts.last_step)
+    if facts.raw_pruned_at is None and estimate <= RAW_READ_ROWS:
+        table: Any = LayerStat.__table__.c
+    else:
+        table = layer_stat_rollup.c
+    rows = session.execute(
+        select(table.layer_index, table.step, *(table[name] for name in stats))
+        .where(
+            table.job_key == facts.key,
+            table.layer_index.in_(layers),
+            table.step >= midpoint,
         )
-        .where(LayerStat.job_id == job_id, LayerStat.step >= midpoint)
-        .subquery()
-    )
-    counted = select(ranked, func.max(ranked.c.r).over().label("n")).subquery()
-    stride = (counted.c.n - 1) // max_steps + 1
-    stmt = (
-        select(counted.c.layer_index, counted.c.step, *(counted.c[s] for s in stats))
-        .where((counted.c.r - 1) % stride == 0)
-        .order_by(counted.c.step, counted.c.layer_index)
-    )
-    return session.execute(stmt).all()
+        .order_by(table.step, table.layer_index)
+    ).all()
+    steps = sorted({int(row[1]) for row in rows}, reverse=True)
+    stride = (len(steps) - 1) // max_steps + 1
+    if stride == 1:
+        return rows
+    kept = set(steps[::stride])
+    return [row for row in rows if row[1] in kept]
 
 
 def first_nonfinite_step(*, session: Session, job_id: str) -> int | None:
-    """The first step at which any layer counted a NaN or Inf in its gradients."""
-    step = session.scalar(
-        select(func.min(LayerStat.step)).where(
-            LayerStat.job_id == job_id,
-            or_(LayerStat.nan_count > 0, LayerStat.inf_count > 0),
-        )
-    )
-    return None if step is None else int(step)
+    """The first step at which any layer counted a NaN or Inf in its gradients: a fact
+    kept at ingest, no scan."""
+    facts = _stat_job(session, job_id)
+    return None if facts is None else facts.first_nonfinite_step
 
 
 def list_histograms(
@@ -317,18 +755,19 @@ def compare_layer_stat(
     layer_match = Layer.index == layer_index if layer_name is None else Layer.name == layer_name
     inner = (
         select(
-            LayerStat.job_id,
+            StatJob.job_id,
             LayerStat.layer_index,
             Layer.name.label("layer_name"),
             LayerStat.step,
             getattr(LayerStat, stat).label("value"),
             func.row_number()
-            .over(partition_by=LayerStat.job_id, order_by=LayerStat.step)
+            .over(partition_by=StatJob.job_id, order_by=LayerStat.step)
             .label("rn"),
-            func.count().over(partition_by=LayerStat.job_id).label("n"),
+            func.count().over(partition_by=StatJob.job_id).label("n"),
         )
-        .join(Layer, (Layer.job_id == LayerStat.job_id) & (Layer.index == LayerStat.layer_index))
-        .where(LayerStat.job_id.in_(job_ids), layer_match)
+        .join(StatJob, StatJob.key == LayerStat.job_key)
+        .join(Layer, (Layer.job_id == StatJob.job_id) & (Layer.index == LayerStat.layer_index))
+        .where(StatJob.job_id.in_(job_ids), layer_match)
         .subquery()
     )
     rn, n = inner.c.rn, inner.c.n

@@ -1,0 +1,374 @@
+"""Do reads of a job's statistics stay fast when the job is long? And what does a row cost
+on disk?
+
+Loads a throwaway PostgreSQL database itself (no training): 2,000 jobs, one of them long
+(100 layers x 10,000 steps = 1 M rows), as many typical ones (21 layers x 240 steps) as
+``--rows`` allows, the rest without statistics. The rows go in through the repository's
+ingest (binary COPY, rollup, facts), and the same rows into a ``legacy_layer_stat`` table
+of the schema before (32-character job id, double precision, NaN for absent activation
+statistics) for the old queries. Then interleaved rounds, median (min..max) in ms:
+
+  gradients    all layers' /v1/jobs/{id}/gradients?stat=grad_norm&max_points=500, the
+               whole request (TestClient), beside the old query alone (window functions
+               over the job's rows) and the new query alone
+  gradients-9  the dashboard's ask: 9 statistics, max_points=300
+  diagnosis    /v1/jobs/{id}/diagnosis, beside the old bounded window + the full scan
+               for the first non-finite step
+  dashboard    a job page's refresh: /v1/jobs/{id}, /metrics, /layers, gradients-9 and
+               /diagnosis, one after another
+  typical      the same on a 21 x 240 job
+
+Then bytes per statistic row: pg_total_relation_size (heap, index, TOAST) / rows, for
+layer_stat, its rollup and the legacy table.
+
+    .venv/bin/python bench/bench_reads.py                    # 3 M rows (~5 min here)
+    .venv/bin/python bench/bench_reads.py --rows 10000000    # the issue's 10 M rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from fastapi.testclient import TestClient
+from sqlalchemy import (
+    Column,
+    Double,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    or_,
+    select,
+    text,
+)
+from sqlalchemy.orm import Session, sessionmaker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ingest import database
+
+from service.api.app import create_app
+from service.config import Settings
+from service.db.models import LAYER_STAT_COLUMNS
+from service.db.repository import jobs as job_queries
+from service.db.repository import telemetry as telemetry_queries
+from service.db.session import DatabaseTimeouts, make_engine, make_session_factory
+from service.diagnosis import DIAGNOSIS_STATS
+from service.kit import rollup
+from service.specs import ExperimentSpec
+
+LONG = (100, 10_000)
+TYPICAL = (21, 240)
+STEPS_PER_BATCH = 32
+ABSENT = [LAYER_STAT_COLUMNS.index(n) for n in telemetry_queries.ABSENT_WHEN_NAN]
+
+legacy_metadata = MetaData()
+legacy = Table(
+    "legacy_layer_stat",
+    legacy_metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("layer_index", Integer, primary_key=True, autoincrement=False),
+    Column("step", Integer, primary_key=True, autoincrement=False),
+    Column("epoch", Integer),
+    *(Column(name, Double) for name in LAYER_STAT_COLUMNS),
+)
+
+
+def job_values(rng: np.random.Generator, layers: int, steps: int, *, nan_at: int | None) -> Any:
+    """(steps, layers, stats): lognormal statistics; the output layer has no activation
+    statistics (NaN, as the engine reports them); a NaN burst from ``nan_at`` on."""
+    values = rng.lognormal(-3, 1, size=(steps, layers, len(LAYER_STAT_COLUMNS)))
+    values[:, :, LAYER_STAT_COLUMNS.index("nan_count")] = 0.0
+    values[:, :, LAYER_STAT_COLUMNS.index("inf_count")] = 0.0
+    values[:, -1, ABSENT] = np.nan
+    if nan_at is not None:
+        values[nan_at:, :, 0] = np.nan
+        values[nan_at:, :, LAYER_STAT_COLUMNS.index("nan_count")] = 12.0
+    return values
+
+
+def plan(layers: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": i,
+            "name": f"hidden.{i}.linear" if i < layers - 1 else "output",
+            "kind": "linear" if i < layers - 1 else "output",
+            "params": 4160,
+            "shape": [64, 64],
+            "activation": "relu" if i < layers - 1 else None,
+        }
+        for i in range(layers)
+    ]
+
+
+def legacy_copy(conn: psycopg.Connection[Any], job_id: str, values: Any) -> None:
+    steps, layers, width = values.shape
+    n = steps * layers
+    flat = values.transpose(1, 0, 2).reshape(n, width)
+    columns = [
+        np.full(n, job_id.encode(), dtype="S32"),
+        np.repeat(np.arange(layers), steps),
+        np.tile(np.arange(steps), layers),
+        np.tile(np.arange(steps) // 100, layers),
+        *flat.T,
+    ]
+    types = ["text", "int4", "int4", "int4", *["float8"] * width]
+    payload = rollup.binary_copy_rows(columns, types, np.zeros((n, 4 + width), dtype=bool))
+    names = ", ".join(c.name for c in legacy.columns)
+    with (
+        conn.cursor() as cursor,
+        cursor.copy(f"COPY legacy_layer_stat ({names}) FROM STDIN (FORMAT BINARY)") as copy,
+    ):
+        copy.write(rollup.COPY_SIGNATURE + payload + rollup.COPY_TRAILER)
+
+
+def load(url: str, rows: int, jobs: int) -> tuple[str, str]:
+    """(long job id, a typical job id) after loading everything."""
+    factory = make_session_factory(make_engine(url))
+    legacy_metadata.create_all(make_engine(url))
+    rng = np.random.default_rng(0)
+    typical_rows = TYPICAL[0] * TYPICAL[1]
+    with_stats = 1 + max(0, (rows - LONG[0] * LONG[1]) // typical_rows)
+    ids: list[str] = []
+    with factory() as session:
+        for i in range(jobs):
+            job = job_queries.create_job(
+                session=session, owner="anonymous", spec=ExperimentSpec(), queue="cpu"
+            )
+            ids.append(job.id)
+            if i % 200 == 0:
+                session.commit()
+        session.commit()
+    raw = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=False)
+    start = time.perf_counter()
+    for i, job_id in enumerate(ids[: min(with_stats, jobs)]):
+        layers, steps = LONG if i == 0 else TYPICAL
+        values = job_values(rng, layers, steps, nan_at=7_000 if i == 0 else None)
+        absent = np.zeros(values.shape, dtype=bool)
+        absent[:, :, ABSENT] = np.isnan(values[:, :, ABSENT])
+        with factory() as session:
+            job_queries.claim_job(session=session, job_id=job_id, worker="bench")
+            telemetry_queries.save_run_plan(
+                session=session,
+                job_id=job_id,
+                layers=plan(layers),
+                total_steps=steps,
+                epochs=steps // 100,
+                device="cpu",
+            )
+            session.commit()
+            for first in range(0, steps, STEPS_PER_BATCH):
+                block = slice(first, first + STEPS_PER_BATCH)
+                step_range = np.arange(steps)[block]
+                telemetry_queries.add_layer_stat_block(
+                    session=session,
+                    job_id=job_id,
+                    steps=step_range,
+                    epochs=step_range // 100,
+                    values=values[block],
+                    absent=absent[block],
+                )
+                session.commit()
+            job_queries.finish_job(session=session, job_id=job_id, status="succeeded", result={})
+            session.commit()
+        legacy_copy(raw, job_id, values)
+        raw.commit()
+        if i % 100 == 0:
+            print(f"  loaded {i + 1} jobs, {time.perf_counter() - start:.0f} s", flush=True)
+    raw.execute("ANALYZE")
+    raw.commit()
+    raw.close()
+    return ids[0], ids[1]
+
+
+# --- the queries before (service/db/repository/telemetry.py at df36d48) ----------------
+
+
+def old_layer_stats(session: Session, job_id: str, stats: list[str], max_points: int) -> list[Any]:
+    c = legacy.c
+    inner = (
+        select(
+            c.layer_index,
+            c.step,
+            c.epoch,
+            *(c[name] for name in stats),
+            func.row_number().over(partition_by=c.layer_index, order_by=c.step).label("rn"),
+            func.count().over(partition_by=c.layer_index).label("n"),
+        )
+        .where(c.job_id == job_id)
+        .subquery()
+    )
+    rn, n = inner.c.rn, inner.c.n
+    stride = (n - 2) // (max_points - 1) + 1
+    keep = or_(n <= max_points, (rn - 1) % stride == 0, rn == n)
+    stmt = (
+        select(inner.c.layer_index, inner.c.step, inner.c.epoch, *(inner.c[s] for s in stats))
+        .where(keep)
+        .order_by(inner.c.layer_index, inner.c.step)
+    )
+    return list(session.execute(stmt).all())
+
+
+def old_diagnosis_reads(session: Session, job_id: str, stats: list[str]) -> Any:
+    c = legacy.c
+    midpoint = (
+        select((func.min(c.step) + func.max(c.step)) // 2).where(c.job_id == job_id)
+    ).scalar_subquery()
+    ranked = (
+        select(
+            c.layer_index,
+            c.step,
+            *(c[name] for name in stats),
+            func.dense_rank().over(order_by=c.step.desc()).label("r"),
+        )
+        .where(c.job_id == job_id, c.step >= midpoint)
+        .subquery()
+    )
+    counted = select(ranked, func.max(ranked.c.r).over().label("n")).subquery()
+    stride = (counted.c.n - 1) // 2000 + 1
+    rows = session.execute(
+        select(counted.c.layer_index, counted.c.step, *(counted.c[s] for s in stats))
+        .where((counted.c.r - 1) % stride == 0)
+        .order_by(counted.c.step, counted.c.layer_index)
+    ).all()
+    first = session.scalar(
+        select(func.min(c.step)).where(c.job_id == job_id, or_(c.nan_count > 0, c.inf_count > 0))
+    )
+    return rows, first
+
+
+def new_layer_stats(session: Session, job_id: str, stats: list[str], max_points: int) -> Any:
+    return telemetry_queries.list_layer_stat_points(
+        session=session, job_id=job_id, stats=stats, max_points=max_points
+    )
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return (time.perf_counter() - start) * 1000
+
+
+def variants(
+    client: TestClient, factory: sessionmaker[Session], long_id: str, typical_id: str
+) -> dict[str, Callable[[], object]]:
+    nine = ["grad_norm", "update_ratio", "act_saturation", "act_mean", "act_std"]
+    nine += ["preact_mean", "preact_std", "nan_count", "inf_count"]
+    nine_query = "&".join(f"stat={s}" for s in nine)
+
+    def get(path: str) -> Callable[[], object]:
+        def run() -> object:
+            response = client.get(path)
+            assert response.status_code == 200, response.text[:200]
+            return response
+
+        return run
+
+    def session_run(body: Callable[[Session], object]) -> Callable[[], object]:
+        def run() -> object:
+            with factory() as session:
+                return body(session)
+
+        return run
+
+    def dashboard(job_id: str) -> Callable[[], object]:
+        paths = [
+            f"/v1/jobs/{job_id}",
+            f"/v1/jobs/{job_id}/metrics",
+            f"/v1/jobs/{job_id}/layers",
+            f"/v1/jobs/{job_id}/gradients?{nine_query}&max_points=300",
+            f"/v1/jobs/{job_id}/diagnosis",
+        ]
+        return lambda: [get(p)() for p in paths]
+
+    found: dict[str, Callable[[], object]] = {}
+    for label, job_id in (("long", long_id), ("typical", typical_id)):
+        found[f"{label} gradients api"] = get(
+            f"/v1/jobs/{job_id}/gradients?stat=grad_norm&max_points=500"
+        )
+        found[f"{label} gradients new query"] = session_run(
+            partial(new_layer_stats, job_id=job_id, stats=["grad_norm"], max_points=500)
+        )
+        found[f"{label} gradients old query"] = session_run(
+            partial(old_layer_stats, job_id=job_id, stats=["grad_norm"], max_points=500)
+        )
+        found[f"{label} gradients-9 api"] = get(
+            f"/v1/jobs/{job_id}/gradients?{nine_query}&max_points=300"
+        )
+        found[f"{label} gradients-9 old query"] = session_run(
+            partial(old_layer_stats, job_id=job_id, stats=nine, max_points=300)
+        )
+        found[f"{label} diagnosis api"] = get(f"/v1/jobs/{job_id}/diagnosis")
+        found[f"{label} diagnosis old queries"] = session_run(
+            partial(old_diagnosis_reads, job_id=job_id, stats=list(DIAGNOSIS_STATS))
+        )
+        found[f"{label} dashboard api"] = dashboard(job_id)
+        found[f"{label} one layer api"] = get(
+            f"/v1/jobs/{job_id}/gradients?layer=0&stat=grad_norm&max_points=500"
+        )
+    return found
+
+
+def storage(url: str) -> None:
+    with make_engine(url).connect() as conn:
+        print("storage on PostgreSQL (pg_total_relation_size / rows)")
+        raw_rows = conn.execute(text("SELECT count(*) FROM layer_stat")).scalar() or 1
+        for table in ("layer_stat", "layer_stat_rollup", "stat_job", "legacy_layer_stat"):
+            size = conn.execute(text(f"SELECT pg_total_relation_size('{table}')")).scalar() or 0
+            rows = conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() or 1
+            print(
+                f"  {table:<18} {rows:>10,} rows {size / 2**20:>8.1f} MiB "
+                f"{size / rows:>7.1f} B/row {size / raw_rows:>7.1f} B per statistic row"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=3_000_000)
+    parser.add_argument("--jobs", type=int, default=2_000)
+    parser.add_argument("--rounds", type=int, default=11)
+    args = parser.parse_args()
+    with database("postgresql") as url:
+        start = time.perf_counter()
+        long_id, typical_id = load(url, args.rows, args.jobs)
+        print(f"loaded in {time.perf_counter() - start:.0f} s")
+        storage(url)
+        settings = Settings(_env_file=None, database_url=url, database_statement_timeout_s=300.0)
+        # The old queries take seconds on a loaded machine: past the service's 5 s limit.
+        patient = DatabaseTimeouts(statement_s=300.0)
+        factory = make_session_factory(make_engine(url, timeouts=patient))
+        with TestClient(create_app(settings)) as client:
+            runs = variants(client, factory, long_id, typical_id)
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            names = list(runs)
+            for name in names:  # warm up: plans, caches
+                runs[name]()
+            for r in range(args.rounds):
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    times[name].append(timed(runs[name]))
+        print(f"reads, {args.rounds} rounds, ms: median (min..max)")
+        for name, values in times.items():
+            print(
+                f"  {name:<30} {statistics.median(values):>8.1f} "
+                f"({min(values):.1f}..{max(values):.1f})"
+            )
+        for label in ("long", "typical"):
+            for what in ("gradients", "gradients-9"):
+                new = statistics.median(times[f"{label} {what} api"])
+                old = statistics.median(times[f"{label} {what} old query"])
+                print(f"  {label} {what}: old query / new request = {old / new:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
