@@ -18,13 +18,14 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service import admission, checkpoints, queue, quotas
 from service.config import Settings
 from service.db.models import Job
 from service.db.repository import datasets as dataset_queries
 from service.db.repository import jobs as job_queries
+from service.db.session import autocommit_session
 from service.errors import (
     CheckpointNotFound,
     IdempotencyConflict,
@@ -183,6 +184,18 @@ def get_job(*, session: Session, job_id: str, principal: Principal) -> Job:
     return job
 
 
+def read_job(
+    *, session_factory: sessionmaker[Session], job_id: str, principal: Principal
+) -> dict[str, Any]:
+    """The columns a job read shows, for status polling: one narrow SELECT outside any
+    transaction (one round trip on PostgreSQL); another owner's job is a 404."""
+    with autocommit_session(session_factory) as session:
+        row = job_queries.read_job(session=session, job_id=job_id, owner=principal.scope)
+    if row is None:
+        raise JobNotFound(job_id)
+    return dict(row._mapping)
+
+
 def cancel_job(*, session: Session, job: Job) -> Job:
     """queued -> cancelled now; running -> flagged, the worker stops within one step."""
     if job.is_finished:
@@ -202,10 +215,14 @@ def cancel_job(*, session: Session, job: Job) -> Job:
 
 def progress_fraction(job: Job) -> float:
     """How far a job got, in [0, 1]; a succeeded job is at 1 even if it stopped early."""
-    if job.status == "succeeded":
+    return progress_of(status=job.status, step=job.step, total_steps=job.total_steps)
+
+
+def progress_of(*, status: JobStatus, step: int, total_steps: int) -> float:
+    if status == "succeeded":
         return 1.0  # also when early stopping ended it before total_steps
-    if job.total_steps:
-        return min(1.0, job.step / job.total_steps)
+    if total_steps:
+        return min(1.0, step / total_steps)
     return 0.0
 
 

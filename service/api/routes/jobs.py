@@ -5,16 +5,28 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from service import jobs
-from service.api.deps import IdempotencyKeyDep, JobDep, PrincipalDep, SessionDep, SettingsDep
+from service.api import conditional
+from service.api.deps import (
+    IdempotencyKeyDep,
+    IfNoneMatchDep,
+    JobDep,
+    JobIdPath,
+    PrincipalDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
 from service.api.schemas.common import Page, error_responses
-from service.api.schemas.jobs import SPEC_EXAMPLES, JobRead, job_read
+from service.api.schemas.jobs import SPEC_EXAMPLES, JobRead, job_read, job_read_of_columns
 from service.specs import ExperimentSpec
 from service.vocabulary import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+NOT_MODIFIED = {"description": "Not modified: the `If-None-Match` ETag is still current"}
 
 
 @router.post(
@@ -102,9 +114,25 @@ def list_jobs(
     return Page[JobRead](items=[job_read(j) for j in page.items], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobRead, responses=error_responses(404, 422))
-def get_job(job: JobDep) -> JobRead:
-    return job_read(job)
+@router.get(
+    "/{job_id}",
+    response_model=JobRead,
+    responses={304: NOT_MODIFIED, **error_responses(404, 422)},
+    summary="Read a job",
+    description="The answer carries an `ETag`; send it back in `If-None-Match` to get a "
+    "304 with no body while the job has not changed (cheap status polling).",
+)
+async def get_job(
+    job_id: JobIdPath,
+    principal: PrincipalDep,
+    session_factory: SessionFactoryDep,
+    if_none_match: IfNoneMatchDep = None,
+) -> Response:
+    # One hand-off to a worker thread for the whole read (the database call).
+    columns = await run_in_threadpool(
+        jobs.read_job, session_factory=session_factory, job_id=job_id, principal=principal
+    )
+    return conditional.json_response(job_read_of_columns(columns), if_none_match)
 
 
 @router.post(

@@ -12,6 +12,7 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
+    Row,
     delete,
     func,
     insert,
@@ -410,6 +411,42 @@ def get_job(*, session: Session, job_id: str, owner: str | None) -> Job | None:
     if job is None or (owner is not None and job.owner != owner):
         return None
     return job
+
+
+# What a job read shows (``JobRead``): no idempotency keys, leases or worker pids.
+JOB_READ_COLUMNS = (
+    Job.id,
+    Job.owner,
+    Job.name,
+    Job.tags,
+    Job.status,
+    Job.spec,
+    Job.epoch,
+    Job.epochs,
+    Job.step,
+    Job.total_steps,
+    Job.result,
+    Job.error,
+    Job.created_at,
+    Job.started_at,
+    Job.finished_at,
+    Job.heartbeat_at,
+    Job.worker,
+    Job.device,
+    Job.queue,
+    Job.cancel_requested,
+    Job.attempt,
+    Job.max_attempts,
+)
+
+
+def read_job(*, session: Session, job_id: str, owner: str | None) -> Row[Any] | None:
+    """The columns of a job read (``JOB_READ_COLUMNS``), if ``owner`` owns the job
+    (None: whoever does): one narrow SELECT, no ORM object, for status polling."""
+    stmt = select(*JOB_READ_COLUMNS).where(Job.id == job_id)
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
+    return session.execute(stmt).one_or_none()
 
 
 def get_jobs(*, session: Session, job_ids: Sequence[str], owner: str | None) -> Sequence[Job]:
