@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -74,7 +74,13 @@ def submit_job(
     description="A key sees its own jobs (an admin key every owner's). "
     "Filters combine with AND. Any other query parameter is a field of the "
     "experiment spec by its dotted name, e.g. `model.activation=sigmoid`, `train.lr=0.05`, "
-    "`model.skip=true`, `data.train_size=null`.",
+    "`model.skip=true`, `data.train_size=null`. Comparisons go in `where` (repeat for "
+    "several): `where=train.lr>=0.01`, `where=result.val_acc>0.9`, `where=model.depth!=20`; "
+    "operators `= != < <= > >=` (`<`, `>` and their `=` forms for numbers only), fields of the "
+    "spec by dotted name or `result.` and a result field (val_acc, val_loss, train_acc, "
+    "train_loss, best_val_loss, best_epoch, epochs_run, steps, diverged, ...). The query "
+    "string may also spell them directly: `?train.lr>=0.01`. A job that lacks the field "
+    "(no result yet) matches only `=null`.",
 )
 def list_jobs(
     request: Request,
@@ -91,9 +97,25 @@ def list_jobs(
         str | None, Query(max_length=200, description="Only jobs with this exact name.")
     ] = None,
     sort: Annotated[
-        Literal["created_at", "-created_at"],
-        Query(description="Order by creation time; '-' for newest first."),
+        str,
+        Query(
+            max_length=200,
+            description="Order by `created_at`, a spec field (`train.lr`) or a result field "
+            "(`result.val_acc`); '-' first for descending. Jobs without the field come last.",
+        ),
     ] = "-created_at",
+    sweep_id: Annotated[
+        str | None, Query(max_length=64, description="Only the jobs of this sweep.")
+    ] = None,
+    # Read with the other filters from the query parameters; declared for the docs.
+    where: Annotated[
+        list[str],
+        Query(
+            max_length=300,
+            description="Filters `field op value`, e.g. `result.val_acc>0.9`; repeat for "
+            "several (AND).",
+        ),
+    ] = [],  # noqa: B006
     limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 50,
     cursor: Annotated[
         str | None,
@@ -110,6 +132,7 @@ def list_jobs(
         limit=limit,
         cursor=cursor,
         params=list(request.query_params.multi_items()),
+        sweep_id=sweep_id,
     )
     return Page[JobRead](items=[job_read(j) for j in page.items], next_cursor=page.next_cursor)
 
