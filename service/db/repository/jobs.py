@@ -684,4 +684,8 @@ def list_jobs(
                 )
             )
         order = keyset.order_nulls_last(key=key, row_id=Job.id, descending=sort.descending)
+        # The sort runs over every matching job: sort narrow (id, key) rows, then load
+        # the page's jobs (a job row is ~3 kB with its spec).
+        page_ids = stmt.with_only_columns(Job.id).order_by(*order).limit(limit)
+        stmt = select(Job).where(Job.id.in_(page_ids.scalar_subquery()))
     return session.scalars(stmt.order_by(*order).limit(limit)).all()
