@@ -3,8 +3,10 @@
 Starts one uvicorn process per (source tree, backend), as ``trainlab up`` serves the API
 (uvicorn's defaults, one process, keys off), submits one job to each, then runs rounds:
 every configuration once per round, in rotating order, so that a noisy neighbour hits all
-of them alike. Prints the median req/s and p50/p99 latency of the rounds, their spread
-and the ratio to the baseline tree.
+of them alike. Prints the median req/s and p50/p99 latency of the rounds, their spread,
+the server process's CPU time per request (all its threads, from /proc: on a shared
+machine the figure that the neighbours disturb least; 1e6 / it is the req/s the server
+would reach on one core of its own) and the ratios to the baseline tree.
 
   200   a plain read (the full job as JSON)
   304   a read with ``If-None-Match`` set to the job's ETag (no body)
@@ -65,6 +67,7 @@ class Figures:
     rps: list[float] = field(default_factory=list)
     p50_ms: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # server CPU time per request
     errors: list[int] = field(default_factory=list)
 
 
@@ -127,17 +130,28 @@ _LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def _wrk(url: str, *, etag: str | None, duration: int, connections: int) -> tuple[float, ...]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wrk(
+    url: str, *, etag: str | None, duration: int, connections: int, pid: int
+) -> tuple[float, ...]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
     if etag is not None:
         command[1:1] = ["-H", f"If-None-Match: {etag}"]
+    cpu_before = _cpu_seconds(pid)
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    cpu = _cpu_seconds(pid) - cpu_before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     latency = {p: float(v) * _UNIT_MS[u] for p, v, u in _LATENCY.findall(out)}
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = int(bad.group(1)) if bad else 0
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return rps, latency["50"], latency["99"], float(errors)
+    return rps, latency["50"], latency["99"], float(errors), cpu / max(requests, 1) * 1e6
 
 
 @contextlib.contextmanager
@@ -188,36 +202,44 @@ def main() -> None:
             shift = round_no % len(configs)
             for server, kind in configs[shift:] + configs[:shift]:
                 etag = server.etag if kind == "304" else None
-                rps, p50, p99, errors = _wrk(
+                rps, p50, p99, errors, cpu_us = _wrk(
                     server.job_url,
                     etag=etag,
                     duration=args.duration,
                     connections=args.connections,
+                    pid=server.process.pid,
                 )
                 f = figures[(server.tree, server.backend, kind)]
                 f.rps.append(rps)
                 f.p50_ms.append(p50)
                 f.p99_ms.append(p99)
                 f.errors.append(int(errors))
+                f.cpu_us.append(cpu_us)
                 print(
                     f"round {round_no + 1}: {server.tree:4} {server.backend:8} {kind}: "
-                    f"{rps:7.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  errors {errors:.0f}",
+                    f"{rps:7.0f} req/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
+                    f"server CPU {cpu_us:5.0f} us/request  errors {errors:.0f}",
                     flush=True,
                 )
     print(
         f"\nGET /v1/jobs/{{id}}, wrk -t2 -c{args.connections} -d{args.duration}s, "
         f"{args.rounds} rounds (medians; spread min..max of req/s)"
     )
-    print("| tree | backend | answer | req/s | spread | p50 ms | p99 ms | errors | vs base 200 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| tree | backend | answer | req/s | spread | p50 ms | p99 ms | server CPU us/req "
+        "| req/s per CPU-s | errors | req/s vs base 200 | CPU/req vs base 200 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (tree, backend, kind), f in figures.items():
         rps = statistics.median(f.rps)
         base = figures.get(("base", backend, "200"))
+        cpu = statistics.median(f.cpu_us)
         ratio = f"{rps / statistics.median(base.rps):.2f}x" if base else "-"
+        cpu_ratio = f"{cpu / statistics.median(base.cpu_us):.2f}x" if base else "-"
         print(
             f"| {tree} | {backend} | {kind} | {rps:.0f} | {_spread(f.rps)} | "
             f"{statistics.median(f.p50_ms):.1f} | {statistics.median(f.p99_ms):.1f} | "
-            f"{sum(f.errors)} | {ratio} |"
+            f"{cpu:.0f} | {1e6 / cpu:.0f} | {sum(f.errors)} | {ratio} | {cpu_ratio} |"
         )
 
 

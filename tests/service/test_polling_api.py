@@ -89,3 +89,13 @@ def test_if_none_match_compares_weakly() -> None:
     assert conditional.matches('"b" , "a"', 'W/"a"')
     assert not conditional.matches('"ab"', '"a"')
     assert not conditional.matches(None, '"a"')
+
+
+def test_a_job_list_has_an_etag_too(client: TestClient) -> None:
+    _job(client)
+    first = client.get("/v1/jobs?limit=5")
+    etag = first.headers["ETag"]
+    assert client.get("/v1/jobs?limit=5", headers={"If-None-Match": etag}).status_code == 304
+    _job(client)  # a new job changes the page
+    changed = client.get("/v1/jobs?limit=5", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and len(changed.json()["items"]) == 2

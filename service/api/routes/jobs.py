@@ -69,7 +69,7 @@ def submit_job(
 @router.get(
     "",
     response_model=Page[JobRead],
-    responses=error_responses(422),
+    responses={304: NOT_MODIFIED, **error_responses(422)},
     summary="List jobs",
     description="A key sees its own jobs (an admin key every owner's). "
     "Filters combine with AND. Any other query parameter is a field of the "
@@ -121,7 +121,8 @@ def list_jobs(
         str | None,
         Query(max_length=500, description="`next_cursor` of the previous page. Default: first."),
     ] = None,
-) -> Page[JobRead]:
+    if_none_match: IfNoneMatchDep = None,
+) -> Response:
     page = jobs.list_jobs(
         session=session,
         principal=principal,
@@ -134,7 +135,8 @@ def list_jobs(
         params=list(request.query_params.multi_items()),
         sweep_id=sweep_id,
     )
-    return Page[JobRead](items=[job_read(j) for j in page.items], next_cursor=page.next_cursor)
+    body = Page[JobRead](items=[job_read(j) for j in page.items], next_cursor=page.next_cursor)
+    return conditional.json_response(body, if_none_match)
 
 
 @router.get(
