@@ -13,6 +13,7 @@ the field come last either way, and the cursor of a page holds its sort key.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -106,6 +107,12 @@ def _scalar(value: Any) -> str | int | float | bool | None:
     return value
 
 
+@functools.cache
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    # Building a TypeAdapter costs far more than a validation: one per field type.
+    return TypeAdapter(annotation)
+
+
 def _value(ref: FieldRef, op: FilterOp, raw: str) -> str | int | float | bool | None:
     if raw == "null":
         if op in ORDERED_OPS:
@@ -124,7 +131,7 @@ def _value(ref: FieldRef, op: FilterOp, raw: str) -> str | int | float | bool | 
         if ref.kind == "string":
             annotation = specpath.scalar_annotation(ref.path)
     try:
-        return _scalar(TypeAdapter(annotation).validate_python(raw))
+        return _scalar(_adapter(annotation).validate_python(raw))
     except ValidationError as exc:
         raise SearchError(str(exc.errors()[0]["msg"])) from exc
 

@@ -4,6 +4,7 @@ finish, cancel, list; and the rows of live worker processes."""
 from __future__ import annotations
 
 import json
+import math
 import operator
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +16,6 @@ from sqlalchemy import (
     ColumnElement,
     CursorResult,
     Row,
-    and_,
     case,
     delete,
     func,
@@ -596,14 +596,29 @@ def _field_condition(field_filter: FieldFilter, dialect: str) -> ColumnElement[b
         return cast(
             "ColumnElement[bool]", document.op("@@")(sql_cast(literal(predicate), JSONPATH))
         )
-    path = _json_path(ref.path)
-    json_type = func.json_type(document, path)
-    if ref.kind == "boolean":
-        return and_(
-            json_type.in_(_SQLITE_TYPES["boolean"]), _SQL_OPS[op](json_type, str(value).lower())
-        )
-    typed = json_type.in_(_SQLITE_TYPES[ref.kind])
-    return and_(typed, _SQL_OPS[op](func.json_extract(document, path), value))
+    return _sqlite_condition(func.json_extract(document, _json_path(ref.path)), ref.kind, op, value)
+
+
+def _sqlite_condition(
+    extracted: Any, kind: FieldKind, op: FilterOp, value: str | int | float | bool
+) -> ColumnElement[bool]:
+    """One JSON_EXTRACT per row (each call parses the document). It yields 1/0 for JSON
+    booleans, numbers for numbers, text for strings; SQLite orders every number below
+    every text, and '' is the smallest text, so ``x BETWEEN v AND ''`` holds exactly for
+    the numbers from v up (a NaN stored as "NaN" is text: no number matches it)."""
+    if kind == "boolean":
+        # The fields of boolean kind hold only booleans: != true is = false.
+        truth = bool(value) if op == "=" else not value
+        return cast("ColumnElement[bool]", extracted == int(truth))
+    if kind == "string" or op in ("=", "<", "<="):
+        # A text never equals a number nor sorts below one: no type check needed.
+        return cast("ColumnElement[bool]", _SQL_OPS[op](extracted, value))
+    assert isinstance(value, int | float)
+    above = value if op == ">=" else math.nextafter(float(value), math.inf)
+    from_above = extracted.between(above, literal(""))
+    if op == "!=":
+        return or_(extracted < value, from_above)
+    return cast("ColumnElement[bool]", from_above)
 
 
 def _sort_expression(ref: FieldRef, dialect: str) -> Any:
