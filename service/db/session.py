@@ -10,9 +10,10 @@ server (execute, commit, rollback, the pool's ping) also runs under a client-sid
 deadline: past it, :class:`Watchdog` shuts the connection's socket down, the blocked
 call fails at once with a disconnect error, and SQLAlchemy drops that connection.
 
-A pooled PostgreSQL connection is pinged when it is checked out after sitting idle for
-``IDLE_PING_AFTER_S``, not on every checkout (SQLAlchemy's ``pool_pre_ping`` costs one
-round trip per request, a quarter of a job read). A connection in steady use needs no
+A pooled PostgreSQL connection is pinged when it is checked out (``ping="always"``, the
+default: the worker's writes never meet a dead connection), or, for the API
+(``ping="idle"``), only after sitting idle for ``IDLE_PING_AFTER_S``: a ping costs one
+round trip per request, a quarter of a job read. A connection in steady use needs no
 ping: if the server restarted under it, its next statement fails as a disconnect,
 SQLAlchemy discards every connection of the pool made before that moment, and the
 request is a 503 with Retry-After like any other outage. The pool is LIFO, so that under
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -230,8 +231,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def make_engine(url: str, *, timeouts: DatabaseTimeouts | None = None, **kwargs: Any) -> Engine:
-    """An engine configured for trainlab's two backends (SQLite and PostgreSQL)."""
+def make_engine(
+    url: str,
+    *,
+    timeouts: DatabaseTimeouts | None = None,
+    ping: Literal["always", "idle"] = "always",
+    **kwargs: Any,
+) -> Engine:
+    """An engine configured for trainlab's two backends (SQLite and PostgreSQL); ``ping``:
+    which pooled PostgreSQL connections are pinged at checkout (see above)."""
     if make_url(url).get_backend_name() == "sqlite":
         _ensure_sqlite_folder(url)
         connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
@@ -247,19 +255,20 @@ def make_engine(url: str, *, timeouts: DatabaseTimeouts | None = None, **kwargs:
     kwargs.setdefault("pool_timeout", timeouts.statement_s)
     kwargs.setdefault("pool_recycle", POOL_RECYCLE_S)
     kwargs.setdefault("pool_use_lifo", True)
-    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, pool_pre_ping=ping == "always", connect_args=connect_args, **kwargs)
     _guard_postgres_calls(engine, timeouts.statement_s + CLIENT_DEADLINE_MARGIN_S)
-    _ping_idle_connections(engine)
+    if ping == "idle":
+        _ping_idle_connections(engine)
     return engine
 
 
-def engine_for(settings: Settings) -> Engine:
+def engine_for(settings: Settings, *, ping: Literal["always", "idle"] = "always") -> Engine:
     """The engine of ``settings``' database, with its configured timeouts."""
     timeouts = DatabaseTimeouts(
         connect_s=settings.database_connect_timeout_s,
         statement_s=settings.database_statement_timeout_s,
     )
-    return make_engine(settings.resolved_database_url, timeouts=timeouts)
+    return make_engine(settings.resolved_database_url, timeouts=timeouts, ping=ping)
 
 
 class QuietCloseSession(Session):

@@ -105,7 +105,7 @@ def _counting_pings(engine: Engine) -> list[int]:
 
 
 def test_a_connection_in_steady_use_is_not_pinged(pg_url: str) -> None:
-    engine = make_engine(pg_url)
+    engine = make_engine(pg_url, ping="idle")
     pings = _counting_pings(engine)
     try:
         for _ in range(5):
@@ -120,7 +120,7 @@ def test_an_idle_connection_that_died_is_replaced_before_use(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(session_module, "IDLE_PING_AFTER_S", 0.0)
-    engine = make_engine(pg_url)
+    engine = make_engine(pg_url, ping="idle")
     pings = _counting_pings(engine)
     try:
         with engine.connect() as conn:
