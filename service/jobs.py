@@ -9,42 +9,39 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from service import admission, checkpoints, queue, quotas
+from service import admission, checkpoints, queue, quotas, search
 from service.config import Settings
 from service.db.models import Job
 from service.db.repository import datasets as dataset_queries
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
+from service.db.session import autocommit_session
 from service.errors import (
     CheckpointNotFound,
     IdempotencyConflict,
     IllegalStateChange,
-    InvalidRequest,
     JobNotFound,
     SpecInvalid,
 )
 from service.keys import Principal
-from service.kit import pagination, specpath
+from service.kit import pagination
 from service.specs import ExperimentSpec, SpecIssue, check_spec
 from service.vocabulary import JobStatus
 
 logger = logging.getLogger(__name__)
 
 # Query parameters of GET /v1/jobs that are not spec-field filters.
-LIST_PARAMS: frozenset[str] = frozenset({"status", "tag", "name", "sort", "limit", "cursor"})
-# Spec filters compare as SQL INTEGER (CAST ... AS INTEGER): a wider value is refused.
-MAX_SQL_INT = 2**31 - 1
+LIST_PARAMS: frozenset[str] = frozenset(
+    {"status", "tag", "name", "sort", "limit", "cursor", "sweep_id", search.WHERE}
+)
 
 
 # --- submit and cancel ----------------------------------------------------------------
@@ -184,6 +181,18 @@ def get_job(*, session: Session, job_id: str, principal: Principal) -> Job:
     return job
 
 
+def read_job(
+    *, session_factory: sessionmaker[Session], job_id: str, principal: Principal
+) -> dict[str, Any]:
+    """The columns a job read shows, for status polling: one narrow SELECT outside any
+    transaction (one round trip on PostgreSQL); another owner's job is a 404."""
+    with autocommit_session(session_factory) as session:
+        row = job_queries.read_job(session=session, job_id=job_id, owner=principal.scope)
+    if row is None:
+        raise JobNotFound(job_id)
+    return dict(row._mapping)
+
+
 def cancel_job(*, session: Session, job: Job) -> Job:
     """queued -> cancelled now; running -> flagged, the worker stops within one step."""
     if job.is_finished:
@@ -203,10 +212,14 @@ def cancel_job(*, session: Session, job: Job) -> Job:
 
 def progress_fraction(job: Job) -> float:
     """How far a job got, in [0, 1]; a succeeded job is at 1 even if it stopped early."""
-    if job.status == "succeeded":
+    return progress_of(status=job.status, step=job.step, total_steps=job.total_steps)
+
+
+def progress_of(*, status: JobStatus, step: int, total_steps: int) -> float:
+    if status == "succeeded":
         return 1.0  # also when early stopping ended it before total_steps
-    if job.total_steps:
-        return min(1.0, job.step / job.total_steps)
+    if total_steps:
+        return min(1.0, step / total_steps)
     return 0.0
 
 
@@ -238,48 +251,6 @@ def recent_run_times(*, session: Session, limit: int) -> list[RunTime]:
 # --- listing --------------------------------------------------------------------------
 
 
-def _filter_value(annotation: Any, raw: str) -> str | int | float | bool | None:
-    """``raw`` validated as the spec field is, bounds included (``train.seed`` at most
-    2**31 - 1): a value the field can never hold is an error, not an empty list."""
-    value = TypeAdapter(annotation).validate_python(None if raw == "null" else raw)
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SQL_INT:
-        raise ValueError(f"must be at most {MAX_SQL_INT} in absolute value")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    if value is not None and not isinstance(value, str | int | float | bool):
-        raise ValueError("not a scalar field")
-    return value
-
-
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return str(exc.errors()[0]["msg"])
-    return str(exc)
-
-
-def parse_spec_filters(params: Sequence[tuple[str, str]]) -> list[job_queries.SpecFilter]:
-    """``model.activation=sigmoid`` and friends: each dotted name is a spec field."""
-    filters: list[job_queries.SpecFilter] = []
-    for key, raw in params:
-        if key in LIST_PARAMS:
-            continue
-        path = specpath.parse(key)
-        try:
-            value = _filter_value(specpath.scalar_field_type(path), raw)
-        except specpath.UnknownSpecFieldError as exc:
-            msg = f"unknown filter {key!r}: not a scalar field of the experiment spec"
-            raise InvalidRequest.single(("query", key), msg, raw) from exc
-        except (ValidationError, ValueError) as exc:
-            msg = f"invalid value for spec field {key!r}: {_first_error(exc)}"
-            raise InvalidRequest.single(("query", key), msg, raw) from exc
-        filters.append(job_queries.SpecFilter(path=path, value=value))
-    return filters
-
-
-def _position(job: Job) -> pagination.Position:
-    return pagination.Position(key=job.created_at, id=job.id)
-
-
 def list_jobs(
     *,
     session: Session,
@@ -291,21 +262,33 @@ def list_jobs(
     limit: int,
     cursor: str | None,
     params: Sequence[tuple[str, str]],
+    sweep_id: str | None = None,
 ) -> pagination.Page[Job]:
-    """A page of jobs; ``params`` are all query parameters (spec filters among them)."""
-    after = pagination.decode_cursor(cursor, sort=sort, key_type=datetime) if cursor else None
+    """A page of jobs; ``params`` are all query parameters (the filters on spec and
+    result fields among them, see ``service.search``)."""
+    sort_key = search.parse_sort(sort)
+    filters = search.parse_filters(params, reserved=LIST_PARAMS)
+    key_types = search.cursor_key_types(sort_key)
+    after = pagination.decode_cursor(cursor, sort=sort, key_type=key_types) if cursor else None
     rows = job_queries.list_jobs(
         session=session,
         owner=principal.scope,
         statuses=statuses,
         tag=tag,
         name=name,
-        spec_filters=parse_spec_filters(params),
-        newest_first=sort.startswith("-"),
+        filters=filters,
+        sweep_id=sweep_id,
+        sort=sort_key,
         after=after,
         limit=limit + 1,
     )
-    return pagination.page_of(rows, limit=limit, sort=sort, position_of=_position)
+
+    def position(job: Job) -> pagination.Position:
+        if sort_key.field is None:
+            return pagination.Position(key=job.created_at, id=job.id)
+        return pagination.Position(key=job_queries.sort_value(job, sort_key.field), id=job.id)
+
+    return pagination.page_of(rows, limit=limit, sort=sort, position_of=position)
 
 
 def delete_job(*, session: Session, settings: Settings, job: Job) -> None:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 import limits
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from sqlalchemy.orm import Session
 
@@ -41,6 +41,11 @@ class RequestLimits:
             requests=tuple(limits.parse_many(requests)),
             auth_failures=tuple(limits.parse_many(auth_failures)),
         )
+
+    @property
+    def in_process(self) -> bool:
+        """Whether the counters live in this process's memory: a check does no I/O."""
+        return isinstance(self.limiter.storage, MemoryStorage)
 
     def _retry_after(self, item: limits.RateLimitItem, namespace: str, key: str) -> int:
         reset = self.limiter.get_window_stats(item, namespace, key).reset_time

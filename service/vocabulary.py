@@ -59,3 +59,9 @@ SweepPlotName = Literal["loss", "accuracy", "gradient-flow"]
 SWEEP_PLOT_NAMES: tuple[SweepPlotName, ...] = get_args(SweepPlotName)
 ImageFormat = Literal["png", "svg"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)
+
+# Comparison operators of job search filters (``?where=train.lr>=0.01``).
+FilterOp = Literal["=", "!=", "<", "<=", ">", ">="]
+FILTER_OPS: tuple[FilterOp, ...] = get_args(FilterOp)
+# How a searched spec or result field compares: as a number, a string or a boolean.
+FieldKind = Literal["number", "string", "boolean"]

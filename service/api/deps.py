@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import datasets, jobs, keys, sweeps
@@ -22,8 +23,11 @@ from service.errors import Forbidden, Unauthorized
 from service.keys import Principal
 from service.quotas import RequestLimits
 
+# The dependencies that do no I/O are coroutines: FastAPI runs each sync dependency in a
+# worker thread of its own, and those hand-offs were most of the cost of a job read.
 
-def get_app_settings(request: Request) -> Settings:
+
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -36,7 +40,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     """Short sessions of their own: for responses that outlive the request (event
     streams) and for checks that run in threads of their own (/readyz)."""
     factory: sessionmaker[Session] = request.app.state.session_factory
@@ -52,7 +56,7 @@ def _client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     settings: SettingsDep,
     x_api_key: Annotated[
@@ -70,8 +74,19 @@ def get_principal(
     missing key is a 401 and does not count as a guess (a dashboard opened before its key
     is pasted must not lock itself out); a wrong one is a 403 and does. Then each
     principal (each client address with keys off) gets ``rate_limit`` requests.
+
+    Counters in this process's memory are checked on the event loop (no I/O); counters
+    in Redis in a worker thread, so that a slow Redis never stalls the loop.
     """
     limits: RequestLimits = request.app.state.request_limits
+    if limits.in_process:
+        return _check_principal(request, settings, x_api_key, limits)
+    return await run_in_threadpool(_check_principal, request, settings, x_api_key, limits)
+
+
+def _check_principal(
+    request: Request, settings: Settings, x_api_key: str | None, limits: RequestLimits
+) -> Principal:
     address = _client_address(request)
     if not settings.keys_enabled:
         limits.hit_request(f"address:{address}")
@@ -90,8 +105,20 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
+JobIdPath = Annotated[str, Path(max_length=64, description="The job's id.")]
+IfNoneMatchDep = Annotated[
+    str | None,
+    Header(
+        alias="If-None-Match",
+        max_length=2000,
+        description="ETags of representations the client holds: a 304 with no body when "
+        "one of them is still current.",
+    ),
+]
+
+
 def get_job(
-    job_id: Annotated[str, Path(max_length=64, description="The job's id.")],
+    job_id: JobIdPath,
     session: SessionDep,
     principal: PrincipalDep,
 ) -> Job:

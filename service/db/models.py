@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import REAL
 
@@ -62,6 +63,10 @@ LAYER_STAT_COLUMNS: tuple[str, ...] = (
 )
 
 
+# A document filtered and sorted on by its fields: JSONB on PostgreSQL (binary, indexable).
+JSON_DOCUMENT = JSON().with_variant(JSONB(), "postgresql")
+
+
 def _job_fk() -> ForeignKey:
     return ForeignKey("job.id", ondelete="CASCADE")
 
@@ -80,6 +85,20 @@ class Job(Base):
         Index("ix_job_owner_status", "owner", "status"),
         # An Idempotency-Key is one owner's: another key's equal string is another job.
         UniqueConstraint("owner", "idempotency_key", name="uq_job_owner_idempotency_key"),
+        # Search by spec and result fields: GIN (jsonb_path_ops) on PostgreSQL, where they
+        # are JSONB; plain (and unused) on SQLite, so one schema describes both backends.
+        Index(
+            "ix_job_spec",
+            "spec",
+            postgresql_using="gin",
+            postgresql_ops={"spec": "jsonb_path_ops"},
+        ),
+        Index(
+            "ix_job_result",
+            "result",
+            postgresql_using="gin",
+            postgresql_ops={"result": "jsonb_path_ops"},
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -88,7 +107,7 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(200), default="", index=True)
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     status: Mapped[JobStatus] = mapped_column(String(16), default="queued")
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON_DOCUMENT)
     queue: Mapped[str] = mapped_column(String(32))
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     epochs: Mapped[int] = mapped_column(Integer, default=0)
@@ -96,7 +115,7 @@ class Job(Base):
     total_steps: Mapped[int] = mapped_column(Integer, default=0)
     # Final figures (train/val loss and accuracy, epochs, steps, ...) and, when the spec
     # asked for one, a few numbers about the loss landscape; its grid is in ``landscape``.
-    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON_DOCUMENT, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

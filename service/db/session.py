@@ -15,6 +15,15 @@ kernel keeps acknowledging what the client sends. So every call that waits on th
 server (execute, commit, rollback, the pool's ping) also runs under a client-side
 deadline: past it, :class:`Watchdog` shuts the connection's socket down, the blocked
 call fails at once with a disconnect error, and SQLAlchemy drops that connection.
+
+A pooled PostgreSQL connection is pinged when it is checked out (``ping="always"``, the
+default: the worker's writes never meet a dead connection), or, for the API
+(``ping="idle"``), only after sitting idle for ``IDLE_PING_AFTER_S``: a ping costs one
+round trip per request, a quarter of a job read. A connection in steady use needs no
+ping: if the server restarted under it, its next statement fails as a disconnect,
+SQLAlchemy discards every connection of the pool made before that moment, and the
+request is a 503 with Retry-After like any other outage. The pool is LIFO, so that under
+light load the same few connections stay warm and the rest go idle (and get pinged).
 """
 
 from __future__ import annotations
@@ -30,12 +39,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from service.config import Settings
 
@@ -48,6 +58,10 @@ CLIENT_DEADLINE_MARGIN_S = 0.5
 # A session idle inside a transaction for this many statement timeouts is ended by the
 # server (releasing its locks): well past any pause between two statements of ours.
 IDLE_IN_TRANSACTION_STATEMENTS = 4
+# A pooled connection idle for longer than this is pinged before use (see above).
+IDLE_PING_AFTER_S = 5.0
+# Connections older than this are replaced (server-side idle timeouts, load balancers).
+POOL_RECYCLE_S = 1800
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,24 @@ def _guard_postgres_calls(engine: Engine, deadline_s: float) -> None:
             setattr(dialect, name, method)
 
 
+def _ping_idle_connections(engine: Engine) -> None:
+    def checked_in(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def checked_out(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_AFTER_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)  # under the watchdog's deadline
+        except Exception as exc:
+            # The pool discards this connection and checks out a fresh one.
+            raise DisconnectionError("idle pooled connection failed its ping") from exc
+
+    event.listen(engine, "checkin", checked_in)
+    event.listen(engine, "checkout", checked_out)
+
+
 def _ensure_sqlite_folder(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -212,8 +244,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def make_engine(url: str, *, timeouts: DatabaseTimeouts | None = None, **kwargs: Any) -> Engine:
-    """An engine configured for trainlab's two backends (SQLite and PostgreSQL)."""
+def make_engine(
+    url: str,
+    *,
+    timeouts: DatabaseTimeouts | None = None,
+    ping: Literal["always", "idle"] = "always",
+    **kwargs: Any,
+) -> Engine:
+    """An engine configured for trainlab's two backends (SQLite and PostgreSQL); ``ping``:
+    which pooled PostgreSQL connections are pinged at checkout (see above)."""
     if make_url(url).get_backend_name() == "sqlite":
         _ensure_sqlite_folder(url)
         connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
@@ -230,18 +269,22 @@ def make_engine(url: str, *, timeouts: DatabaseTimeouts | None = None, **kwargs:
         **kwargs.pop("connect_args", {}),
     }
     kwargs.setdefault("pool_timeout", timeouts.statement_s)
-    engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args, **kwargs)
+    kwargs.setdefault("pool_recycle", POOL_RECYCLE_S)
+    kwargs.setdefault("pool_use_lifo", True)
+    engine = create_engine(url, pool_pre_ping=ping == "always", connect_args=connect_args, **kwargs)
     _guard_postgres_calls(engine, timeouts.statement_s + CLIENT_DEADLINE_MARGIN_S)
+    if ping == "idle":
+        _ping_idle_connections(engine)
     return engine
 
 
-def engine_for(settings: Settings) -> Engine:
+def engine_for(settings: Settings, *, ping: Literal["always", "idle"] = "always") -> Engine:
     """The engine of ``settings``' database, with its configured timeouts."""
     timeouts = DatabaseTimeouts(
         connect_s=settings.database_connect_timeout_s,
         statement_s=settings.database_statement_timeout_s,
     )
-    return make_engine(settings.resolved_database_url, timeouts=timeouts)
+    return make_engine(settings.resolved_database_url, timeouts=timeouts, ping=ping)
 
 
 class QuietCloseSession(Session):
@@ -260,6 +303,19 @@ class QuietCloseSession(Session):
             logger.warning("closing a session failed; its connections are discarded")
             with contextlib.suppress(SQLAlchemyError):
                 self.invalidate()
+
+
+@contextlib.contextmanager
+def autocommit_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session without a transaction around its statements, for a read whose every
+    statement is consistent on its own; it must not write. On PostgreSQL a one-row read
+    is then one round trip (no BEGIN before it, no ROLLBACK after). SQLite's driver
+    opens no transaction for a SELECT anyway, and switching its isolation level back and
+    forth would cost more than it saves, so there it is a plain session."""
+    with factory() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

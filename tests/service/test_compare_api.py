@@ -83,3 +83,31 @@ def test_unknown_job_is_404_naming_it(client: TestClient, session: Session) -> N
     response = client.get(f"/v1/compare?jobs={job_id},missing&metric=val_loss")
     assert response.status_code == 404
     assert "missing" in response.json()["detail"]
+
+
+def test_jobs_of_different_lengths_share_their_steps(client: TestClient, session: Session) -> None:
+    short = recorded_job(client, session, depth=1, steps=100)
+    long = recorded_job(client, session, depth=1, steps=300)
+    body = client.get(f"/v1/compare?jobs={short},{long}&stat=grad_norm").json()
+    assert body["x"] == list(range(0, 301, 10))
+    first, second = (s["values"] for s in body["series"])
+    assert all(v is not None for v in first[:11]) and first[11:] == [None] * 20
+    assert all(v is not None for v in second)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="compare_layer_stat strides each job by its own length, so downsampled jobs of "
+    "different lengths keep different steps; a stride common to all the jobs compared "
+    "(from the longest) would align them (repository/telemetry.py)",
+)
+def test_downsampled_jobs_of_different_lengths_stay_aligned(
+    client: TestClient, session: Session
+) -> None:
+    short = recorded_job(client, session, depth=1, steps=200)
+    long = recorded_job(client, session, depth=1, steps=600)
+    body = client.get(f"/v1/compare?jobs={short},{long}&stat=grad_norm&max_points=31").json()
+    assert len(body["x"]) <= 31
+    first, second = (s["values"] for s in body["series"])
+    assert all(v is not None for v in second)  # the longest job has a value at every x
+    assert all(v is not None for x, v in zip(body["x"], first, strict=True) if x <= 200)

@@ -133,7 +133,7 @@ def test_list_filters_by_status_tag_name_and_spec_fields(
         "status=done",
         "limit=0",
         "limit=201",
-        "sort=name",
+        "sort=model",
         "cursor=%%%",
         "cursor=eyJ4IjoxfQ",
     ],

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy import Engine, select, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select, text
 
+from service.db import session as session_module
 from service.db.session import (
     DatabaseTimeouts,
     make_engine,
@@ -116,4 +119,47 @@ def test_a_session_that_cannot_roll_back_on_close_still_closes(
             assert fresh.execute(select(1)).scalar() == 1
     finally:
         proxy.restore()
+        engine.dispose()
+
+
+def _counting_pings(engine: Engine) -> list[int]:
+    pings: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return ping(dbapi_connection)
+
+    engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    return pings
+
+
+def test_a_connection_in_steady_use_is_not_pinged(pg_url: str) -> None:
+    engine = make_engine(pg_url, ping="idle")
+    pings = _counting_pings(engine)
+    try:
+        for _ in range(5):
+            with engine.connect() as conn:
+                assert conn.execute(select(1)).scalar() == 1
+        assert pings == []  # no round trip of its own per checkout
+    finally:
+        engine.dispose()
+
+
+def test_an_idle_connection_that_died_is_replaced_before_use(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session_module, "IDLE_PING_AFTER_S", 0.0)
+    engine = make_engine(pg_url, ping="idle")
+    pings = _counting_pings(engine)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        # The server ends it while it sits in the pool (a restart, an idle timeout).
+        with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with engine.connect() as conn:  # the ping found it dead: a fresh one serves
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar() != pid
+        assert pings
+    finally:
         engine.dispose()

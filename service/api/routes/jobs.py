@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from service import jobs
-from service.api.deps import IdempotencyKeyDep, JobDep, PrincipalDep, SessionDep, SettingsDep
+from service.api import conditional
+from service.api.deps import (
+    IdempotencyKeyDep,
+    IfNoneMatchDep,
+    JobDep,
+    JobIdPath,
+    PrincipalDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
 from service.api.schemas.common import Page, error_responses
-from service.api.schemas.jobs import SPEC_EXAMPLES, JobRead, job_read
+from service.api.schemas.jobs import SPEC_EXAMPLES, JobRead, job_read, job_read_of_columns
 from service.specs import ExperimentSpec
 from service.vocabulary import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+NOT_MODIFIED = {"description": "Not modified: the `If-None-Match` ETag is still current"}
 
 
 @router.post(
@@ -57,12 +69,18 @@ def submit_job(
 @router.get(
     "",
     response_model=Page[JobRead],
-    responses=error_responses(422),
+    responses={304: NOT_MODIFIED, **error_responses(422)},
     summary="List jobs",
     description="A key sees its own jobs (an admin key every owner's). "
     "Filters combine with AND. Any other query parameter is a field of the "
     "experiment spec by its dotted name, e.g. `model.activation=sigmoid`, `train.lr=0.05`, "
-    "`model.skip=true`, `data.train_size=null`.",
+    "`model.skip=true`, `data.train_size=null`. Comparisons go in `where` (repeat for "
+    "several): `where=train.lr>=0.01`, `where=result.val_acc>0.9`, `where=model.depth!=20`; "
+    "operators `= != < <= > >=` (`<`, `>` and their `=` forms for numbers only), fields of the "
+    "spec by dotted name or `result.` and a result field (val_acc, val_loss, train_acc, "
+    "train_loss, best_val_loss, best_epoch, epochs_run, steps, diverged, ...). The query "
+    "string may also spell them directly: `?train.lr>=0.01`. A job that lacks the field "
+    "(no result yet) matches only `=null`.",
 )
 def list_jobs(
     request: Request,
@@ -79,15 +97,32 @@ def list_jobs(
         str | None, Query(max_length=200, description="Only jobs with this exact name.")
     ] = None,
     sort: Annotated[
-        Literal["created_at", "-created_at"],
-        Query(description="Order by creation time; '-' for newest first."),
+        str,
+        Query(
+            max_length=200,
+            description="Order by `created_at`, a spec field (`train.lr`) or a result field "
+            "(`result.val_acc`); '-' first for descending. Jobs without the field come last.",
+        ),
     ] = "-created_at",
+    sweep_id: Annotated[
+        str | None, Query(max_length=64, description="Only the jobs of this sweep.")
+    ] = None,
+    # Read with the other filters from the query parameters; declared for the docs.
+    where: Annotated[
+        list[str],
+        Query(
+            max_length=300,
+            description="Filters `field op value`, e.g. `result.val_acc>0.9`; repeat for "
+            "several (AND).",
+        ),
+    ] = [],  # noqa: B006
     limit: Annotated[int, Query(ge=1, le=200, description="Jobs per page.")] = 50,
     cursor: Annotated[
         str | None,
         Query(max_length=500, description="`next_cursor` of the previous page. Default: first."),
     ] = None,
-) -> Page[JobRead]:
+    if_none_match: IfNoneMatchDep = None,
+) -> Response:
     page = jobs.list_jobs(
         session=session,
         principal=principal,
@@ -98,13 +133,31 @@ def list_jobs(
         limit=limit,
         cursor=cursor,
         params=list(request.query_params.multi_items()),
+        sweep_id=sweep_id,
     )
-    return Page[JobRead](items=[job_read(j) for j in page.items], next_cursor=page.next_cursor)
+    body = Page[JobRead](items=[job_read(j) for j in page.items], next_cursor=page.next_cursor)
+    return conditional.json_response(body, if_none_match)
 
 
-@router.get("/{job_id}", response_model=JobRead, responses=error_responses(404, 422))
-def get_job(job: JobDep) -> JobRead:
-    return job_read(job)
+@router.get(
+    "/{job_id}",
+    response_model=JobRead,
+    responses={304: NOT_MODIFIED, **error_responses(404, 422)},
+    summary="Read a job",
+    description="The answer carries an `ETag`; send it back in `If-None-Match` to get a "
+    "304 with no body while the job has not changed (cheap status polling).",
+)
+async def get_job(
+    job_id: JobIdPath,
+    principal: PrincipalDep,
+    session_factory: SessionFactoryDep,
+    if_none_match: IfNoneMatchDep = None,
+) -> Response:
+    # One hand-off to a worker thread for the whole read (the database call).
+    columns = await run_in_threadpool(
+        jobs.read_job, session_factory=session_factory, job_id=job_id, principal=principal
+    )
+    return conditional.json_response(job_read_of_columns(columns), if_none_match)
 
 
 @router.post(

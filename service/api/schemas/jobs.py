@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -59,17 +60,27 @@ class JobRead(BaseModel):
     )
 
 
+_PROGRESS_COLUMNS = ("epoch", "epochs", "step", "total_steps")
+_JOB_COLUMNS = tuple(sorted(set(JobRead.model_fields) - {"progress"}))
+
+
 def job_read(job: Job) -> JobRead:
     """JobRead from a stored job (progress is derived)."""
+    names = (*_JOB_COLUMNS, *_PROGRESS_COLUMNS)
+    return job_read_of_columns({name: getattr(job, name) for name in names})
+
+
+def job_read_of_columns(columns: Mapping[str, Any]) -> JobRead:
+    """JobRead from the columns of a job read (``jobs.read_job``)."""
     progress = Progress(
-        epoch=job.epoch,
-        epochs=job.epochs,
-        step=job.step,
-        total_steps=job.total_steps,
-        fraction=jobs.progress_fraction(job),
+        **{name: columns[name] for name in _PROGRESS_COLUMNS},
+        fraction=jobs.progress_of(
+            status=columns["status"], step=columns["step"], total_steps=columns["total_steps"]
+        ),
     )
-    columns = {name: getattr(job, name) for name in set(JobRead.model_fields) - {"progress"}}
-    return JobRead.model_validate({**columns, "progress": progress})
+    return JobRead.model_validate(
+        {**{name: columns[name] for name in _JOB_COLUMNS}, "progress": progress}
+    )
 
 
 def _variant(name: str, tags: list[str], **parts: dict[str, Any]) -> dict[str, Any]:

@@ -3,23 +3,31 @@ finish, cancel, list; and the rows of live worker processes."""
 
 from __future__ import annotations
 
+import json
+import math
+import operator
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
+    Row,
+    case,
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
     update,
 )
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import JSONPATH
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -28,9 +36,16 @@ from service.db.repository import keyset
 from service.errors import StaleAttempt
 from service.kit.jsonnum import json_safe
 from service.kit.pagination import Position
-from service.kit.specpath import SpecPath
+from service.kit.specpath import SpecPath, value_at
 from service.specs import ExperimentSpec
-from service.vocabulary import ACTIVE_STATUSES, FINISHED_STATUSES, JOB_STATUSES, JobStatus
+from service.vocabulary import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    JOB_STATUSES,
+    FieldKind,
+    FilterOp,
+    JobStatus,
+)
 
 
 def _rowcount(result: Any) -> int:
@@ -412,6 +427,42 @@ def get_job(*, session: Session, job_id: str, owner: str | None) -> Job | None:
     return job
 
 
+# What a job read shows (``JobRead``): no idempotency keys, leases or worker pids.
+JOB_READ_COLUMNS = (
+    Job.id,
+    Job.owner,
+    Job.name,
+    Job.tags,
+    Job.status,
+    Job.spec,
+    Job.epoch,
+    Job.epochs,
+    Job.step,
+    Job.total_steps,
+    Job.result,
+    Job.error,
+    Job.created_at,
+    Job.started_at,
+    Job.finished_at,
+    Job.heartbeat_at,
+    Job.worker,
+    Job.device,
+    Job.queue,
+    Job.cancel_requested,
+    Job.attempt,
+    Job.max_attempts,
+)
+
+
+def read_job(*, session: Session, job_id: str, owner: str | None) -> Row[Any] | None:
+    """The columns of a job read (``JOB_READ_COLUMNS``), if ``owner`` owns the job
+    (None: whoever does): one narrow SELECT, no ORM object, for status polling."""
+    stmt = select(*JOB_READ_COLUMNS).where(Job.id == job_id)
+    if owner is not None:
+        stmt = stmt.where(Job.owner == owner)
+    return session.execute(stmt).one_or_none()
+
+
 def get_jobs(*, session: Session, job_ids: Sequence[str], owner: str | None) -> Sequence[Job]:
     """The jobs among ``job_ids`` that exist and ``owner`` owns (None: whoever does), in
     no particular order."""
@@ -472,29 +523,132 @@ def list_recent_run_times(
 
 
 @dataclass(frozen=True)
-class SpecFilter:
-    """``path`` inside the stored spec equals ``value`` (None: the field is null)."""
+class FieldRef:
+    """A scalar field of a job's spec or result document, and how it compares."""
 
+    document: Literal["spec", "result"]
     path: SpecPath
+    kind: FieldKind
+
+
+@dataclass(frozen=True)
+class FieldFilter:
+    """``field op value``; ``value`` None (with = or != only): the field is null or absent."""
+
+    field: FieldRef
+    op: FilterOp
     value: str | int | float | bool | None
 
 
-def _spec_condition(spec_filter: SpecFilter) -> ColumnElement[bool]:
-    # JSON path ops: JSON_EXTRACT on SQLite, #>> on PostgreSQL.
-    field = Job.spec[spec_filter.path]
-    value = spec_filter.value
-    condition: Any
+@dataclass(frozen=True)
+class SortKey:
+    """Order by a field (None: by creation time), then by id; absent values go last."""
+
+    field: FieldRef | None
+    descending: bool
+
+
+_SQL_OPS: dict[FilterOp, Callable[[Any, Any], Any]] = {
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_JSONPATH_OPS: dict[FilterOp, str] = {
+    "=": "==",
+    "!=": "!=",
+    "<": "<",
+    "<=": "<=",
+    ">": ">",
+    ">=": ">=",
+}
+_SQLITE_TYPES: dict[FieldKind, tuple[str, ...]] = {
+    "number": ("integer", "real"),
+    "string": ("text",),
+    "boolean": ("true", "false"),
+}
+_PG_TYPES: dict[FieldKind, str] = {"number": "number", "string": "string", "boolean": "boolean"}
+
+
+def _document(ref: FieldRef) -> Any:
+    return Job.spec if ref.document == "spec" else Job.result
+
+
+def _json_path(path: SpecPath) -> str:
+    # SQLite's JSON path and PostgreSQL's jsonpath: $."a"."b". The parts are field names
+    # checked against the spec schema or the known result fields.
+    return "$" + "".join(f'."{part}"' for part in path)
+
+
+def _field_condition(field_filter: FieldFilter, dialect: str) -> ColumnElement[bool]:
+    """Values of another JSON type never match (a NaN stored as "NaN" is no number)."""
+    ref, op, value = field_filter.field, field_filter.op, field_filter.value
+    document = _document(ref)
     if value is None:
-        condition = field.as_string().is_(None)
-    elif isinstance(value, bool):
-        condition = field.as_boolean() == value
-    elif isinstance(value, int):
-        condition = field.as_integer() == value
-    elif isinstance(value, float):
-        condition = field.as_float() == value
+        present = document[ref.path].as_string()
+        return cast("ColumnElement[bool]", present.is_(None) if op == "=" else present.is_not(None))
+    if dialect == "postgresql":
+        # One jsonpath predicate: strictly typed, false where the path is absent, and
+        # served by the GIN (jsonb_path_ops) index when it is an equality.
+        predicate = f"{_json_path(ref.path)} {_JSONPATH_OPS[op]} {json.dumps(value)}"
+        return cast(
+            "ColumnElement[bool]", document.op("@@")(sql_cast(literal(predicate), JSONPATH))
+        )
+    return _sqlite_condition(func.json_extract(document, _json_path(ref.path)), ref.kind, op, value)
+
+
+def _sqlite_condition(
+    extracted: Any, kind: FieldKind, op: FilterOp, value: str | int | float | bool
+) -> ColumnElement[bool]:
+    """One JSON_EXTRACT per row (each call parses the document). It yields 1/0 for JSON
+    booleans, numbers for numbers, text for strings; SQLite orders every number below
+    every text, and '' is the smallest text, so ``x BETWEEN v AND ''`` holds exactly for
+    the numbers from v up (a NaN stored as "NaN" is text: no number matches it)."""
+    if kind == "boolean":
+        # The fields of boolean kind hold only booleans: != true is = false.
+        truth = bool(value) if op == "=" else not value
+        return cast("ColumnElement[bool]", extracted == int(truth))
+    if kind == "string" or op in ("=", "<", "<="):
+        # A text never equals a number nor sorts below one: no type check needed.
+        return cast("ColumnElement[bool]", _SQL_OPS[op](extracted, value))
+    assert isinstance(value, int | float)
+    above = value if op == ">=" else math.nextafter(float(value), math.inf)
+    from_above = extracted.between(above, literal(""))
+    if op == "!=":
+        return or_(extracted < value, from_above)
+    return cast("ColumnElement[bool]", from_above)
+
+
+def _sort_expression(ref: FieldRef, dialect: str) -> Any:
+    """The field's value where it has the field's JSON type, else NULL."""
+    document = _document(ref)
+    if dialect == "postgresql":
+        element = document[ref.path]
+        typed = func.jsonb_typeof(element) == _PG_TYPES[ref.kind]
+        value = {
+            "number": element.as_float,
+            "string": element.as_string,
+            "boolean": element.as_boolean,
+        }[ref.kind]()
+        return case((typed, value))
+    path = _json_path(ref.path)
+    typed = func.json_type(document, path).in_(_SQLITE_TYPES[ref.kind])
+    return case((typed, func.json_extract(document, path)))
+
+
+def sort_value(job: Job, ref: FieldRef) -> str | int | float | bool | None:
+    """The sort key of ``job`` as ``_sort_expression`` computes it (for a cursor)."""
+    document = job.spec if ref.document == "spec" else job.result
+    value = value_at(document, ref.path, None)
+    if ref.kind == "number":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif ref.kind == "string":
+        ok = isinstance(value, str)
     else:
-        condition = field.as_string() == value
-    return cast("ColumnElement[bool]", condition)
+        ok = isinstance(value, bool)
+    return value if ok else None
 
 
 def list_jobs(
@@ -504,13 +658,17 @@ def list_jobs(
     statuses: Sequence[JobStatus] = (),
     tag: str | None = None,
     name: str | None = None,
-    spec_filters: Sequence[SpecFilter] = (),
+    filters: Sequence[FieldFilter] = (),
+    sweep_id: str | None = None,
+    sort: SortKey | None = None,
     newest_first: bool = True,
     after: Position | None = None,
     limit: int = 50,
 ) -> Sequence[Job]:
-    """Keyset pagination on (created_at, id); ``after`` is the last row of the previous page.
-    ``owner`` None lists every owner's jobs (an admin's view)."""
+    """Keyset pagination on (sort key, id), the sort key by default ``created_at``
+    (``newest_first``); ``after`` is the last row of the previous page. ``owner`` None
+    lists every owner's jobs (an admin's view)."""
+    dialect = session.get_bind().dialect.name
     stmt = select(Job)
     if owner is not None:
         stmt = stmt.where(Job.owner == owner)
@@ -520,13 +678,31 @@ def list_jobs(
         stmt = stmt.where(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
     if name is not None:
         stmt = stmt.where(Job.name == name)
-    for spec_filter in spec_filters:
-        stmt = stmt.where(_spec_condition(spec_filter))
-    if after is not None:
-        stmt = stmt.where(
-            keyset.after(key=Job.created_at, row_id=Job.id, position=after, descending=newest_first)
-        )
-    order = keyset.order(key=Job.created_at, row_id=Job.id, descending=newest_first)
+    if sweep_id is not None:
+        stmt = stmt.where(Job.sweep_id == sweep_id)
+    for field_filter in filters:
+        stmt = stmt.where(_field_condition(field_filter, dialect))
+    sort = sort or SortKey(field=None, descending=newest_first)
+    if sort.field is None:
+        key: Any = Job.created_at
+        if after is not None:
+            stmt = stmt.where(
+                keyset.after(key=key, row_id=Job.id, position=after, descending=sort.descending)
+            )
+        order = keyset.order(key=key, row_id=Job.id, descending=sort.descending)
+    else:
+        key = _sort_expression(sort.field, dialect)
+        if after is not None:
+            stmt = stmt.where(
+                keyset.after_nulls_last(
+                    key=key, row_id=Job.id, position=after, descending=sort.descending
+                )
+            )
+        order = keyset.order_nulls_last(key=key, row_id=Job.id, descending=sort.descending)
+        # The sort runs over every matching job: sort narrow (id, key) rows, then load
+        # the page's jobs (a job row is ~3 kB with its spec).
+        page_ids = stmt.with_only_columns(Job.id).order_by(*order).limit(limit)
+        stmt = select(Job).where(Job.id.in_(page_ids.scalar_subquery()))
     return session.scalars(stmt.order_by(*order).limit(limit)).all()
 
 

@@ -26,3 +26,27 @@ def order(
     *, key: SQLColumnExpression[Any], row_id: SQLColumnExpression[Any], descending: bool
 ) -> tuple[Any, ...]:
     return (key.desc(), row_id.desc()) if descending else (key.asc(), row_id.asc())
+
+
+def after_nulls_last(
+    *,
+    key: SQLColumnExpression[Any],
+    row_id: SQLColumnExpression[Any],
+    position: Position,
+    descending: bool,
+) -> ColumnElement[bool]:
+    """As ``after`` for a nullable key whose NULLs come last in either direction
+    (``order_nulls_last``): past a NULL key only NULL keys remain, ordered by id."""
+    later_id = row_id < position.id if descending else row_id > position.id
+    if position.key is None:
+        return and_(key.is_(None), later_id)
+    beyond = key < position.key if descending else key > position.key
+    return or_(beyond, and_(key == position.key, later_id), key.is_(None))
+
+
+def order_nulls_last(
+    *, key: SQLColumnExpression[Any], row_id: SQLColumnExpression[Any], descending: bool
+) -> tuple[Any, ...]:
+    if descending:
+        return (key.desc().nulls_last(), row_id.desc())
+    return (key.asc().nulls_last(), row_id.asc())

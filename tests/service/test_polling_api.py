@@ -1,0 +1,101 @@
+"""Status polling: a job read carries an ETag, ``If-None-Match`` gets a 304 with no body
+while nothing changed, and the fast read path keeps the key, owner and rate checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from service.api import conditional
+from service.api.app import create_app
+from service.db.repository import jobs as job_queries
+from tests.service.conftest import make_settings
+from tests.service.test_tenants_api import A, B, sha256_entry
+
+SPEC = {"name": "polled"}
+
+
+def _job(client: TestClient, **headers: str) -> str:
+    created = client.post("/v1/jobs", json=SPEC, headers=headers)
+    assert created.status_code == 201, created.text
+    job_id: str = created.json()["id"]
+    return job_id
+
+
+def test_a_job_read_has_an_etag_and_an_unchanged_job_answers_304(client: TestClient) -> None:
+    job_id = _job(client)
+    first = client.get(f"/v1/jobs/{job_id}")
+    assert first.status_code == 200
+    etag = first.headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    again = client.get(f"/v1/jobs/{job_id}")
+    assert again.headers["ETag"] == etag and again.json() == first.json()
+    not_modified = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag})
+    assert not_modified.status_code == 304
+    assert not_modified.content == b""
+    assert not_modified.headers["ETag"] == etag
+    # A weak form of the tag, and a list holding it, match too; another tag does not.
+    for header in (f"W/{etag}", f'"other", {etag}', "*"):
+        assert (
+            client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": header}).status_code == 304
+        )
+    stale = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": '"stale"'})
+    assert stale.status_code == 200 and stale.json() == first.json()
+
+
+def test_a_changed_job_changes_its_etag(client: TestClient, session: Session) -> None:
+    job_id = _job(client)
+    etag = client.get(f"/v1/jobs/{job_id}").headers["ETag"]
+    job_queries.claim_job(session=session, job_id=job_id, worker="w")
+    session.commit()
+    claimed = client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": etag})
+    assert claimed.status_code == 200 and claimed.json()["status"] == "running"
+    assert claimed.headers["ETag"] != etag
+    job_queries.update_progress(session=session, job_id=job_id, epoch=0, step=3)
+    session.commit()
+    progressed = client.get(
+        f"/v1/jobs/{job_id}", headers={"If-None-Match": claimed.headers["ETag"]}
+    )
+    assert progressed.status_code == 200 and progressed.json()["progress"]["step"] == 3
+
+
+def test_the_read_is_the_same_job_as_the_list_shows(client: TestClient) -> None:
+    job_id = _job(client)
+    listed = client.get("/v1/jobs").json()["items"][0]
+    assert client.get(f"/v1/jobs/{job_id}").json() == listed
+
+
+def test_the_fast_read_keeps_key_owner_and_rate_checks(tmp_path: Path, db_url: str) -> None:
+    settings = make_settings(
+        tmp_path,
+        db_url,
+        api_keys=[sha256_entry(A["X-API-Key"]), sha256_entry(B["X-API-Key"])],
+        rate_limit="4/minute",
+    )
+    with TestClient(create_app(settings)) as client:
+        job_id = _job(client, **A)  # 1st request of A
+        assert client.get(f"/v1/jobs/{job_id}").status_code == 401
+        assert client.get(f"/v1/jobs/{job_id}", headers={"X-API-Key": "wrong"}).status_code == 403
+        assert client.get(f"/v1/jobs/{job_id}", headers=B).status_code == 404  # not B's
+        answers = [client.get(f"/v1/jobs/{job_id}", headers=A).status_code for _ in range(4)]
+        assert answers == [200, 200, 200, 429]
+        assert "Retry-After" in client.get(f"/v1/jobs/{job_id}", headers=A).headers
+
+
+def test_if_none_match_compares_weakly() -> None:
+    assert conditional.matches('W/"a"', '"a"')
+    assert conditional.matches('"b" , "a"', 'W/"a"')
+    assert not conditional.matches('"ab"', '"a"')
+    assert not conditional.matches(None, '"a"')
+
+
+def test_a_job_list_has_an_etag_too(client: TestClient) -> None:
+    _job(client)
+    first = client.get("/v1/jobs?limit=5")
+    etag = first.headers["ETag"]
+    assert client.get("/v1/jobs?limit=5", headers={"If-None-Match": etag}).status_code == 304
+    _job(client)  # a new job changes the page
+    changed = client.get("/v1/jobs?limit=5", headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and len(changed.json()["items"]) == 2
