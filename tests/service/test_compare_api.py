@@ -95,12 +95,6 @@ def test_jobs_of_different_lengths_share_their_steps(client: TestClient, session
     assert all(v is not None for v in second)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compare_layer_stat strides each job by its own length, so downsampled jobs of "
-    "different lengths keep different steps; a stride common to all the jobs compared "
-    "(from the longest) would align them (repository/telemetry.py)",
-)
 def test_downsampled_jobs_of_different_lengths_stay_aligned(
     client: TestClient, session: Session
 ) -> None:

@@ -748,7 +748,8 @@ def compare_layer_stat(
 ) -> list[tuple[str, int, str, int, float | None]]:
     """Rows (job_id, layer_index, layer_name, step, value) of one statistic of one layer
     in each job, in one query. The layer is picked by index or by module name (each job's
-    own row of the layer table), each job's series strided in SQL as in list_layer_stats."""
+    own row of the layer table); every series is strided in SQL alike (by the longest's
+    length), so the steps line up."""
     if max_points < 2:
         raise ValueError("max_points must be at least 2")
     _check_stats([stat])
@@ -770,13 +771,22 @@ def compare_layer_stat(
         .where(StatJob.job_id.in_(job_ids), layer_match)
         .subquery()
     )
-    rn, n = inner.c.rn, inner.c.n
-    stride = (n - 2) // (max_points - 1) + 1  # `//`: see list_layer_stats
-    keep = or_(n <= max_points, (rn - 1) % stride == 0, rn == n)
+    # One stride for every job, from the longest: strided by their own lengths, jobs of
+    # different lengths would keep different steps and not line up on step.
+    longest = select(*inner.c, func.max(inner.c.n).over().label("longest")).subquery()
+    rn, n, n_max = longest.c.rn, longest.c.n, longest.c.longest
+    stride = (n_max - 2) // (max_points - 1) + 1  # `//`: see list_layer_stats
+    keep = or_(n_max <= max_points, (rn - 1) % stride == 0, rn == n)
     stmt = (
-        select(inner.c.job_id, inner.c.layer_index, inner.c.layer_name, inner.c.step, inner.c.value)
+        select(
+            longest.c.job_id,
+            longest.c.layer_index,
+            longest.c.layer_name,
+            longest.c.step,
+            longest.c.value,
+        )
         .where(keep)
-        .order_by(inner.c.job_id, inner.c.step)
+        .order_by(longest.c.job_id, longest.c.step)
     )
     return [tuple(row) for row in session.execute(stmt).all()]
 
