@@ -59,3 +59,26 @@ SweepPlotName = Literal["loss", "accuracy", "gradient-flow"]
 SWEEP_PLOT_NAMES: tuple[SweepPlotName, ...] = get_args(SweepPlotName)
 ImageFormat = Literal["png", "svg"]
 IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)
+
+# What a diagnosis finding can say (service.diagnosis.rules emits these; a test holds the
+# rules to this list). ``train.stop_on`` names some of them; a run stopped by one ends
+# ``failed`` with an error that starts with ``STOPPED_ON_FINDING``, as a time limit
+# starts with ``time_limit``.
+FindingCode = Literal[
+    "vanishing_gradient",
+    "exploding_gradient",
+    "dead_units",
+    "saturation",
+    "overfitting",
+    "divergence",
+    "not_learning",
+    "lr_too_low",
+    "lr_too_high",
+    "oscillation",
+    "over_regularized",
+    "degradation",
+    "poor_initialization",
+    "underfitting",
+]
+FINDING_CODES: tuple[FindingCode, ...] = get_args(FindingCode)
+STOPPED_ON_FINDING = "stopped_on_finding"

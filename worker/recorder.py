@@ -147,8 +147,11 @@ class Recorder:
         progress_interval_s: float = 0.5,
         buffer_bytes: int = 256 * 2**20,
         store: CheckpointStore | None = None,
+        after_epoch: Callable[[Session, int], None] | None = None,
     ) -> None:
         self._session_factory = session_factory
+        # Called with the session that recorded an epoch's metrics (the live diagnosis).
+        self._after_epoch = after_epoch
         self._job_id = job_id
         self._attempt = attempt
         self._progress_interval_s = progress_interval_s
@@ -368,6 +371,8 @@ class Recorder:
             telemetry_queries.add_epoch_metric(
                 session=session, job_id=self._job_id, metric=asdict(event)
             )
+            if self._after_epoch is not None:
+                self._after_epoch(session, event.epoch)
         return 0
 
     def _write_checkpoint(self, state: TrainState) -> None:

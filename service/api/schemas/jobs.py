@@ -10,6 +10,7 @@ from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import jobs
+from service.api.schemas.diagnosis import FindingBrief
 from service.db.models import Job
 from service.specs import EXAMPLE_SPEC
 from service.vocabulary import JobStatus
@@ -57,6 +58,17 @@ class JobRead(BaseModel):
         description="Runs a job gets before a lost worker fails it; graceful stops "
         "(a worker's shutdown) do not use one up."
     )
+    parent_id: str | None = Field(
+        None,
+        description="The job this one retries with a changed spec "
+        "(POST /v1/jobs/{id}/retry-with); null for a job submitted as it is.",
+    )
+    findings: list[FindingBrief] = Field(
+        default_factory=list,
+        description="The diagnosis in brief, most severe first: recomputed after every "
+        "epoch while the job runs and once more when it ends (GET /v1/jobs/{id}/diagnosis "
+        "has the evidence and the suggested patches). Empty before the first epoch.",
+    )
 
 
 def job_read(job: Job) -> JobRead:
@@ -69,6 +81,7 @@ def job_read(job: Job) -> JobRead:
         fraction=jobs.progress_fraction(job),
     )
     columns = {name: getattr(job, name) for name in set(JobRead.model_fields) - {"progress"}}
+    columns["findings"] = job.findings or []
     return JobRead.model_validate({**columns, "progress": progress})
 
 
