@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Stack
+from tests.integration.test_cli import trainlab
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -46,3 +47,13 @@ def test_retry_with_the_fix_loses_the_vanishing_gradient(cluster_stack: Stack) -
     assert child["spec"]["model"]["activation"] != "sigmoid"
     assert "vanishing_gradient" not in _codes(stack, child["id"])
     assert "vanishing_gradient" not in [f["code"] for f in child["findings"]]
+
+    # The CLI's one call: a prefix of the id, and patch values as JSON.
+    done = trainlab(
+        "retry-with", parent["id"][:10], "--set", "model.activation=gelu", url=stack.url
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    cli_child = stack.client.get(f"/v1/jobs/{done.stdout.split()[0]}").raise_for_status().json()
+    assert cli_child["parent_id"] == parent["id"]
+    assert cli_child["spec"]["model"]["activation"] == "gelu"
+    stack.client.post(f"/v1/jobs/{cli_child['id']}/cancel")
