@@ -1,8 +1,9 @@
 """The diagnosis while a job runs: recomputed after every epoch, and ``train.stop_on``.
 
-The recorder's writer thread calls :meth:`LiveDiagnosis.after_epoch` inside the guarded
-transaction that records the epoch, so the findings on the job row always describe what
-is stored, and a stale attempt writes none. The training thread only polls an event.
+The recorder's writer thread calls :meth:`LiveDiagnosis.after_epoch` once an epoch's rows
+are committed, in a transaction guarded by the attempt, so the findings on the job row
+describe what is stored, and a stale attempt writes none. The training thread only polls
+an event.
 """
 
 from __future__ import annotations

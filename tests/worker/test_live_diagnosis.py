@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.api.schemas.jobs import job_read
 from service.config import Settings
-from service.db.models import Job
+from service.db.models import EpochMetric, Job
 from service.db.repository import jobs as job_queries
 from tests.service.conftest import make_settings, stored_job
+from worker.live_diagnosis import LiveDiagnosis
 from worker.tasks import run_job
 
 # A deep sigmoid net: gradients vanish towards the input from the first epoch on.
@@ -110,3 +112,16 @@ def test_a_running_jobs_read_carries_the_findings_so_far(
         session.commit()
         worker.join(timeout=60)
     assert outcome == ["cancelled"]
+
+
+def test_a_failing_refresh_costs_the_findings_not_the_run(
+    settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: LiveDiagnosis, session: Session, epoch: int) -> None:
+        raise RuntimeError("a rule crashed")
+
+    monkeypatch.setattr(LiveDiagnosis, "after_epoch", broken)
+    job_id = stored_job(session, **_with(SIGMOID_DEEP, epochs=2))
+    assert run_job(job_id, settings=settings, worker_name="w") == "succeeded"
+    epochs = session.scalars(select(EpochMetric.epoch).where(EpochMetric.job_id == job_id)).all()
+    assert sorted(epochs) == [1, 2]  # each epoch once: nothing was written twice
