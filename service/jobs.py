@@ -96,9 +96,10 @@ def submit_job(
     principal: Principal,
     spec: ExperimentSpec,
     idempotency_key: str | None = None,
+    parent_id: str | None = None,
 ) -> tuple[Job, bool]:
     """Store and enqueue a job of ``principal``. Returns (job, created); created is False
-    on a replay. Idempotency keys are per principal."""
+    on a replay. Idempotency keys are per principal. ``parent_id``: the job it retries."""
     body_hash = request_hash(spec)
     owner = principal.id
     if idempotency_key is not None:
@@ -120,6 +121,7 @@ def submit_job(
             idempotency_key=idempotency_key,
             request_hash=body_hash,
             max_attempts=settings.max_attempts,
+            parent_id=parent_id,
         )
         session.commit()
     except IntegrityError:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.vocabulary import DataLayout
+from service.vocabulary import FINDING_CODES, DataLayout, FindingCode
 
 BuiltinDataset = Literal["mnist1d", "digits", "spirals", "moons", "circles", "blobs"]
 BUILTIN_DATASETS: tuple[str, ...] = ("mnist1d", "digits", "spirals", "moons", "circles", "blobs")
@@ -197,6 +197,13 @@ class TrainSpec(_Strict):
         le=365 * 24 * 3600,
         description="Run-time limit in seconds, over all attempts: past it the job ends "
         "failed (time_limit) with what it recorded. null: the server's limit.",
+    )
+    stop_on: list[FindingCode] = Field(
+        default_factory=list,
+        max_length=len(FINDING_CODES),
+        description="Finding codes (e.g. divergence, vanishing_gradient) that end the run "
+        "early: the diagnosis is recomputed after every epoch, and once it reports one of "
+        "these the job ends failed (stopped_on_finding) with what it recorded.",
     )
 
 

@@ -2,9 +2,11 @@
 
 A sweep is a base ExperimentSpec and a grid ``{"model.activation": ["sigmoid", "relu"],
 "model.norm": ["none", "batch"]}``; each point of the grid's cartesian product is the base
-with those fields set, submitted as one job. Every point is validated before anything
-is stored, the sweep and all its jobs are committed in one transaction, and only then
-are the jobs enqueued (a worker must never receive an id that is not in the database).
+with those fields set, submitted as one job (with ``seeds``, one job per point and seed,
+and the read gives each point's mean and spread over its seeds). Every point is
+validated before anything is stored, the sweep and all its jobs are committed in one
+transaction, and only then are the jobs enqueued (a worker must never receive an id that
+is not in the database).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import statistics
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +39,15 @@ from service.vocabulary import JobStatus
 logger = logging.getLogger(__name__)
 
 SWEEP_TAG_PREFIX = "sweep:"
+SEED_FIELD = "train.seed"
+# The result figures a sweep read summarizes per grid point, over its seeds.
+RESULT_METRICS: tuple[str, ...] = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "best_val_loss",
+)
 NAME_MAX = 200  # Job.name and ExperimentSpec.name
 MAX_BASE_TAGS = 31  # ExperimentSpec allows 32 tags; the sweep adds one
 LIST_SORT = "-created_at"
@@ -50,7 +62,23 @@ def _grid_loc(key: str, index: int) -> tuple[str | int, ...]:
     return ("body", "grid", key, index)
 
 
-def _check_shape(grid: Mapping[str, Sequence[Any]], max_points: int) -> None:
+def _check_seeds(grid: Mapping[str, Sequence[Any]], seeds: Sequence[int] | None) -> None:
+    if seeds is None:
+        return
+    items: list[ErrorItem] = []
+    if SEED_FIELD in grid:
+        msg = f"give the seeds once: in seeds or as the grid field {SEED_FIELD}, not both"
+        items.append(ErrorItem(("body", "grid", SEED_FIELD), msg, grid[SEED_FIELD]))
+    for index, seed in enumerate(seeds):
+        if seed in seeds[:index]:
+            items.append(ErrorItem(("body", "seeds", index), f"duplicate seed {seed}", seed))
+    if items:
+        raise InvalidRequest(items)
+
+
+def _check_shape(
+    grid: Mapping[str, Sequence[Any]], max_points: int, seeds: Sequence[int] | None = None
+) -> None:
     """Keys are scalar spec fields, value lists are non-empty, the product is small."""
     items: list[ErrorItem] = []
     if not grid:
@@ -71,10 +99,16 @@ def _check_shape(grid: Mapping[str, Sequence[Any]], max_points: int) -> None:
             )
     if items:
         raise InvalidRequest(items)
-    size = math.prod(len(values) for values in grid.values())
+    runs = len(seeds) if seeds else 1
+    size = math.prod(len(values) for values in grid.values()) * runs
     if size > max_points:
         sizes = " x ".join(str(len(v)) for v in grid.values())
         msg = f"the grid has {sizes} = {size} points; a sweep may have at most {max_points}"
+        if seeds:
+            msg = (
+                f"the grid has {sizes} points x {runs} seeds = {size} runs; a sweep may have "
+                f"at most {max_points} (max_sweep_points counts every point once per seed)"
+            )
         raise InvalidRequest.single(("body", "grid"), msg, {k: len(v) for k, v in grid.items()})
 
 
@@ -145,8 +179,9 @@ class PlannedJob:
     spec: ExperimentSpec
 
 
-def _job_name(sweep_name: str, point: Mapping[str, Any]) -> str:
-    name = f"{sweep_name} {point_label(point)}".strip()
+def _job_name(sweep_name: str, point: Mapping[str, Any], seed: int | None = None) -> str:
+    label = point_label(point) + (f",seed={seed}" if seed is not None else "")
+    name = f"{sweep_name} {label}".strip()
     return name[:NAME_MAX]  # the point itself is stored whole in job.grid_point
 
 
@@ -159,9 +194,12 @@ def plan_sweep(
     name: str,
     base: ExperimentSpec,
     grid: Mapping[str, Sequence[Any]],
+    seeds: Sequence[int] | None = None,
 ) -> tuple[dict[str, list[Any]], list[PlannedJob]]:
-    """Validate the grid and every point's spec; nothing is written. Raises a 422 error."""
-    _check_shape(grid, settings.max_sweep_points)
+    """Validate the grid and every point's spec (once per seed); nothing is written.
+    Raises a 422 error."""
+    _check_shape(grid, settings.max_sweep_points, seeds)
+    _check_seeds(grid, seeds)
     if len(base.tags) >= MAX_BASE_TAGS + 1:
         msg = f"a sweep adds the tag {SWEEP_TAG_PREFIX}<id>: give at most {MAX_BASE_TAGS} tags"
         raise InvalidRequest.single(("body", "base", "tags"), msg, list(base.tags))
@@ -170,21 +208,24 @@ def plan_sweep(
     normalized = _normalize_values(document, grid)
     planned: list[PlannedJob] = []
     for point in grid_points(normalized):
-        point_doc = specpath.with_values(document, point)
-        point_doc["name"] = _job_name(name, point)
-        try:
-            spec = ExperimentSpec.model_validate(point_doc)
-        except ValidationError as exc:
-            raise _base_errors(exc) from exc
-        _validate_point(
-            session=session,
-            settings=settings,
-            principal=principal,
-            spec=spec,
-            point=point,
-            grid=normalized,
-        )
-        planned.append(PlannedJob(point=point, spec=spec))
+        runs: Sequence[int | None] = seeds or [None]
+        for seed in runs:
+            seeded = {SEED_FIELD: seed} if seed is not None else {}
+            point_doc = specpath.with_values(document, {**point, **seeded})
+            point_doc["name"] = _job_name(name, point, seed)
+            try:
+                spec = ExperimentSpec.model_validate(point_doc)
+            except ValidationError as exc:
+                raise _base_errors(exc) from exc
+            _validate_point(
+                session=session,
+                settings=settings,
+                principal=principal,
+                spec=spec,
+                point=point,
+                grid=normalized,
+            )
+            planned.append(PlannedJob(point=point, spec=spec))
     return normalized, planned
 
 
@@ -230,6 +271,7 @@ def create_sweep(
     base: ExperimentSpec,
     grid: Mapping[str, Sequence[Any]],
     name: str = "",
+    seeds: Sequence[int] | None = None,
 ) -> tuple[Sweep, list[Job]]:
     """Validate every point, store the sweep and its jobs in one transaction, then enqueue.
 
@@ -247,6 +289,7 @@ def create_sweep(
         name=name,
         base=base,
         grid=grid,
+        seeds=seeds,
     )
     quotas.check_active_jobs(
         session=session, owner=principal.id, adding=len(planned), limit=settings.max_active_jobs
@@ -258,6 +301,7 @@ def create_sweep(
         name=name,
         base=base.model_dump(mode="json"),
         grid=normalized,
+        seeds=seeds,
     )
     created = [
         job_queries.create_job(
@@ -289,11 +333,31 @@ def get_sweep(*, session: Session, sweep_id: str, principal: Principal) -> Sweep
 
 @dataclass(frozen=True)
 class SweepRow:
-    """One grid point: its job, and the diagnosis once the job has finished."""
+    """One job of a grid point (one per seed): the diagnosis once the job has finished."""
 
     job: Job
     point: Point
     findings: list[diagnosis.Finding]
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One result figure over a point's seeds (the succeeded runs with a finite value)."""
+
+    n: int
+    mean: float
+    std: float | None  # sample standard deviation; None from a single run
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class PointSummary:
+    point: Point
+    job_ids: list[str]
+    seeds: list[int | None]
+    metrics: dict[str, Spread]
 
 
 @dataclass(frozen=True)
@@ -301,18 +365,65 @@ class SweepDetail:
     sweep: Sweep
     jobs: list[Job]  # in grid order
     rows: list[SweepRow]
+    points: list[PointSummary]
+
+
+def _seed_of(job: Job) -> int | None:
+    seed = specpath.value_at(job.spec, specpath.parse(SEED_FIELD), None)
+    return seed if isinstance(seed, int) else None
 
 
 def jobs_in_grid_order(sweep: Sweep, sweep_jobs: Sequence[Job]) -> list[Job]:
-    """Jobs in the order of the grid's product (creation order is not reliable)."""
+    """Jobs in the order of the grid's product, each point's in the order of the sweep's
+    seeds (creation order is not reliable)."""
     order = {_point_key(p): i for i, p in enumerate(grid_points(sweep.grid))}
+    seed_order = {seed: i for i, seed in enumerate(sweep.seeds or [])}
     last = len(order)
 
-    def rank(job: Job) -> tuple[int, str]:
+    def rank(job: Job) -> tuple[int, int, str]:
         point = job.grid_point
-        return (order.get(_point_key(point), last) if point is not None else last, job.id)
+        where = order.get(_point_key(point), last) if point is not None else last
+        seed = _seed_of(job)
+        return (where, seed_order.get(seed, 0) if seed is not None else 0, job.id)
 
     return sorted(sweep_jobs, key=rank)
+
+
+def spread(values: Sequence[float]) -> Spread | None:
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Spread(len(values), statistics.fmean(values), std, min(values), max(values))
+
+
+def summarize_points(rows: Sequence[SweepRow]) -> list[PointSummary]:
+    """Per grid point, in grid order: each result figure's mean and spread over the
+    point's seeds, from the jobs that succeeded (a failed seed is not averaged in)."""
+    groups: dict[str, list[SweepRow]] = {}
+    for row in rows:
+        groups.setdefault(_point_key(row.point), []).append(row)
+    summaries: list[PointSummary] = []
+    for members in groups.values():
+        metrics: dict[str, Spread] = {}
+        for name in RESULT_METRICS:
+            values = [
+                float(value)
+                for row in members
+                if row.job.status == "succeeded"
+                and isinstance(value := (row.job.result or {}).get(name), int | float)
+                and math.isfinite(value)
+            ]
+            if (summary := spread(values)) is not None:
+                metrics[name] = summary
+        summaries.append(
+            PointSummary(
+                point=members[0].point,
+                job_ids=[row.job.id for row in members],
+                seeds=[row.seed for row in members],
+                metrics=metrics,
+            )
+        )
+    return summaries
 
 
 def sweep_detail(*, session: Session, sweep: Sweep) -> SweepDetail:
@@ -327,10 +438,11 @@ def sweep_detail(*, session: Session, sweep: Sweep) -> SweepDetail:
             job=job,
             point=dict(job.grid_point or {}),
             findings=diagnosis.diagnose_job(session=session, job=job) if job.is_finished else [],
+            seed=_seed_of(job) if sweep.seeds else None,
         )
         for job in ordered
     ]
-    return SweepDetail(sweep=sweep, jobs=ordered, rows=rows)
+    return SweepDetail(sweep=sweep, jobs=ordered, rows=rows, points=summarize_points(rows))
 
 
 @dataclass(frozen=True)

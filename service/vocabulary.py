@@ -65,3 +65,25 @@ FilterOp = Literal["=", "!=", "<", "<=", ">", ">="]
 FILTER_OPS: tuple[FilterOp, ...] = get_args(FilterOp)
 # How a searched spec or result field compares: as a number, a string or a boolean.
 FieldKind = Literal["number", "string", "boolean"]
+# What a diagnosis finding can say (service.diagnosis.rules emits these; a test holds the
+# rules to this list). ``train.stop_on`` names some of them; a run stopped by one ends
+# ``failed`` with an error that starts with ``STOPPED_ON_FINDING``, as a time limit
+# starts with ``time_limit``.
+FindingCode = Literal[
+    "vanishing_gradient",
+    "exploding_gradient",
+    "dead_units",
+    "saturation",
+    "overfitting",
+    "divergence",
+    "not_learning",
+    "lr_too_low",
+    "lr_too_high",
+    "oscillation",
+    "over_regularized",
+    "degradation",
+    "poor_initialization",
+    "underfitting",
+]
+FINDING_CODES: tuple[FindingCode, ...] = get_args(FindingCode)
+STOPPED_ON_FINDING = "stopped_on_finding"

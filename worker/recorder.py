@@ -158,8 +158,12 @@ class Recorder:
         progress_interval_s: float = 0.5,
         buffer_bytes: int = 256 * 2**20,
         store: CheckpointStore | None = None,
+        after_epoch: Callable[[Session, int], None] | None = None,
     ) -> None:
         self._session_factory = session_factory
+        # Called after an epoch's metrics are committed, with a guarded session (the live
+        # diagnosis).
+        self._after_epoch = after_epoch
         self._job_id = job_id
         self._attempt = attempt
         self._progress_interval_s = progress_interval_s
@@ -343,6 +347,22 @@ class Recorder:
             for event in events:
                 rows += self._write(session, event)
         self.rows_written += rows
+        epochs = [event.epoch for event in events if isinstance(event, EpochEnd)]
+        if epochs and self._after_epoch is not None:
+            self._run_after_epoch(epochs[-1])
+
+    def _run_after_epoch(self, epoch: int) -> None:
+        """After the epoch's rows are committed, in a guarded transaction of its own: its
+        reads do not hold SQLite's write lock, and a failure costs this refresh only
+        (the rows above must not be written twice)."""
+        assert self._after_epoch is not None
+        try:
+            with self._session() as session:
+                self._after_epoch(session, epoch)
+        except StaleAttempt:
+            raise
+        except Exception:
+            logger.warning("job %s: after epoch %d failed", self._job_id, epoch, exc_info=True)
 
     def _write(self, session: Session, event: object) -> int:
         if isinstance(event, StepProgress):

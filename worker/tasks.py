@@ -26,6 +26,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import checkpoints as files
+from service import diagnosis
 from service.config import Settings, get_settings
 from service.db.models import Job
 from service.db.repository import datasets as dataset_queries
@@ -35,11 +36,12 @@ from service.db.session import engine_for, make_session_factory
 from service.errors import StaleAttempt
 from service.queue import TRAIN_TASK
 from service.specs import ExperimentSpec
-from service.vocabulary import JobStatus
+from service.vocabulary import STOPPED_ON_FINDING, JobStatus
 from worker import logs, supervision
 from worker.celery_app import app, configure_torch
 from worker.engine.checkpoint import TrainState
 from worker.engine.events import TrainResult
+from worker.live_diagnosis import LiveDiagnosis
 from worker.recorder import (
     CheckpointStore,
     Recorder,
@@ -214,6 +216,7 @@ def _finish(
             job_queries.finish_job(
                 session=session, job_id=job_id, status=status, result=result, error=error
             )
+            diagnosis.refresh_findings(session=session, job_id=job_id)  # of the job as it ended
 
     try:
         retry_transient(write, what=f"finishing job {job_id}")
@@ -352,6 +355,7 @@ def _run_job(
             else None
         )
         limit = min(spec.train.time_limit_s or settings.max_time_limit_s, settings.max_time_limit_s)
+        live = LiveDiagnosis(job_id, stop_on=spec.train.stop_on)
         with (
             Recorder(
                 session_factory,
@@ -359,6 +363,7 @@ def _run_job(
                 attempt=attempt,
                 buffer_bytes=settings.recorder_buffer_bytes,
                 store=store,
+                after_epoch=live.after_epoch,
             ) as recorder,
             JobWatcher(
                 session_factory,
@@ -371,7 +376,12 @@ def _run_job(
         ):
 
             def should_stop() -> bool:
-                return watcher.cancel_requested() or watcher.stale or recorder.stale
+                return (
+                    watcher.cancel_requested()
+                    or watcher.stale
+                    or recorder.stale
+                    or live.stop_requested()
+                )
 
             result = train(
                 spec,
@@ -410,6 +420,19 @@ def _run_job(
                 status="failed",
                 result=summary,
                 error=error,
+            )
+            return "failed"
+        if live.stopped_by is not None and not watcher.cancel_requested():
+            # Stopped by train.stop_on, or ended by the divergence it names: a hopeless
+            # run, not a success. The weights are not kept; what it recorded is.
+            summary[STOPPED_ON_FINDING] = live.stopped_by.code
+            _finish(
+                session_factory,
+                job_id,
+                attempt=attempt,
+                status="failed",
+                result=summary,
+                error=live.reason(),
             )
             return "failed"
         status: JobStatus = "cancelled" if result.cancelled else "succeeded"

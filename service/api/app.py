@@ -26,6 +26,7 @@ from service.api.routes import (
     events,
     health,
     plots,
+    retry,
     telemetry,
 )
 from service.api.routes import jobs as job_routes
@@ -103,6 +104,7 @@ def _v1_router() -> APIRouter:
     router.include_router(plots.router)
     router.include_router(events.router)
     router.include_router(compare.router)
+    router.include_router(retry.router)
     return router
 
 

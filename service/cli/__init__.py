@@ -33,4 +33,6 @@ COMMANDS: tuple[Callable[..., None], ...] = (
 )
 for command in COMMANDS:
     app.command()(command)
+# ``retry`` by the name of its endpoint: trainlab retry-with JOB --suggested | --set f=v.
+app.command("retry-with")(client.retry)
 app.add_typer(keys.app, name="keys")

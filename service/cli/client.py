@@ -302,7 +302,7 @@ def print_findings(findings: Sequence[Mapping[str, Any]], job: Mapping[str, Any]
         if patch:
             out.print(
                 Text(f"           patch: {json.dumps(patch)}", style="cyan"),
-                Text(f"  (trainlab retry {job['id'][:12]} --apply suggested)", style="dim"),
+                Text(f"  (trainlab retry-with {job['id'][:12]} --suggested)", style="dim"),
             )
 
 
@@ -689,6 +689,8 @@ def show(
         )
         out.print(title)
         out.print(Text(job["id"], style="dim"))
+        if job.get("parent_id"):
+            out.print(Text(f"retry of {job['parent_id']}", style="dim"))
         progress = job["progress"]
         out.print(
             f"{progress['fraction']:.0%}  epoch {progress['epoch']}/{progress['epochs']}  "
@@ -838,9 +840,10 @@ def cancel(
 @guarded
 def retry(
     job_id: str,
-    apply: Annotated[
-        str | None, typer.Option(help="'suggested': apply the diagnosis' suggested spec patches.")
-    ] = None,
+    suggested: Annotated[
+        bool, typer.Option("--suggested", help="Apply the diagnosis' suggested spec patches.")
+    ] = False,
+    apply: Annotated[str | None, typer.Option(help="'suggested': the same as --suggested.")] = None,
     set_fields: Annotated[
         list[str] | None,
         typer.Option(
@@ -852,14 +855,17 @@ def retry(
     api_key: KeyOpt = None,
     data_dir: DataDirOpt = Path(".trainlab"),
 ) -> None:
-    """Run a job again with a changed spec (POST /v1/jobs/{id}/retry-with)."""
-    if (apply is None) == (not set_fields):
-        fail("give --apply suggested or one or more --set FIELD=VALUE")
-    body: dict[str, Any]
+    """Run a job again with a changed spec, linked to it (POST /v1/jobs/{id}/retry-with):
+    --suggested applies the diagnosis' patches, --set FIELD=VALUE your own (both: yours win)."""
+    if suggested:
+        apply = "suggested"
+    if apply is None and not set_fields:
+        fail("give --suggested or one or more --set FIELD=VALUE")
+    body: dict[str, Any] = {}
     if apply is not None:
-        body = {"apply": apply}
-    else:
-        body = {"patch": dict(_field_value(item) for item in set_fields or [])}
+        body["apply"] = apply
+    if set_fields:
+        body["patch"] = dict(_field_value(item) for item in set_fields)
     with _api(url, api_key, data_dir) as api:
         target = resolve_job(api, job_id)["id"]
         try:

@@ -148,6 +148,13 @@ class Job(Base):
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # File name of the newest checkpoint a run recorded (service.checkpoints).
     checkpoint: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The job this one retried with a changed spec (POST /v1/jobs/{id}/retry-with).
+    parent_id: Mapped[str | None] = mapped_column(
+        String(32), ForeignKey("job.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    # The diagnosis in brief ([{code, severity, summary}], most severe first), recomputed
+    # by the worker after every epoch and at the end; null until the first epoch.
+    findings: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
     @property
     def is_finished(self) -> bool:
@@ -184,6 +191,9 @@ class Sweep(Base):
     # {"model.activation": ["sigmoid", "relu"], ...}: the values as validated.
     grid: Mapped[dict[str, list[Any]]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # train.seed values each grid point runs with (one job per point and seed); null: one
+    # job per point, with the base's seed.
+    seeds: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobTag(Base):

@@ -7,14 +7,30 @@ rows through bounded queries and hands them to the rules.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from service.db.models import Job
+from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.diagnosis import rules
 from service.diagnosis.rules import Finding
 
-__all__ = ["DIAGNOSIS_MAX_STEPS", "DIAGNOSIS_STATS", "Finding", "diagnose_job"]
+__all__ = [
+    "DIAGNOSIS_MAX_STEPS",
+    "DIAGNOSIS_STATS",
+    "Finding",
+    "brief",
+    "diagnose_job",
+    "merged_patch",
+    "refresh_findings",
+]
+
+logger = logging.getLogger(__name__)
 
 DIAGNOSIS_STATS: tuple[str, ...] = ("grad_norm", "update_ratio", "act_saturation")
 DIAGNOSIS_MAX_STEPS = 2000
@@ -58,3 +74,40 @@ def diagnose_job(*, session: Session, job: Job) -> list[Finding]:
         result=job.result,
         spec=job.spec,
     )
+
+
+def brief(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """What a job read carries of its diagnosis: code, severity and summary, in rank order
+    (the evidence and the patch stay at /v1/jobs/{id}/diagnosis)."""
+    return [{"code": f.code, "severity": f.severity, "summary": f.summary} for f in findings]
+
+
+def merged_patch(findings: Sequence[Finding]) -> dict[str, Any]:
+    """Every finding's ``suggested_spec_patch`` in one: where two set the same field, the
+    higher-ranked finding (the cause, before its symptoms) wins."""
+    patch: dict[str, Any] = {}
+    for finding in findings:
+        for key, value in finding.suggested_spec_patch.items():
+            patch.setdefault(key, value)
+    return patch
+
+
+def refresh_findings(*, session: Session, job_id: str) -> list[Finding]:
+    """Diagnose the job as it stands in this transaction and keep the brief on its row.
+
+    Inside a savepoint: a diagnosis that fails (a bug in a rule) is logged and leaves the
+    caller's transaction, which records training, as it was.
+    """
+    try:
+        with session.begin_nested():
+            job = session.get(Job, job_id, populate_existing=True)
+            if job is None:
+                return []
+            findings = diagnose_job(session=session, job=job)
+            job_queries.set_findings(session=session, job_id=job_id, findings=brief(findings))
+    except (sa_exc.OperationalError, sa_exc.InterfaceError):
+        raise  # the database, not the rule, failed: the caller's transaction retries
+    except Exception:
+        logger.exception("diagnosing job %s failed; its findings are left as they were", job_id)
+        return []
+    return findings

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -150,6 +150,7 @@ class Finding:
     summary: str
     evidence: Evidence
     remedy: str
+    suggested_spec_patch: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,30 @@ def test_sweep_page_tells_vanishing_from_healthy_while_it_runs(
         expect(healthy.get_by_test_id("chip-healthy")).to_be_visible()
         expect(healthy.get_by_test_id("spark-gradient")).to_have_attribute("data-vanished", "false")
     assert page.evaluate("document.body.dataset.live") == "events"
+    expect(page.get_by_test_id("sweep-points-panel")).to_be_hidden()  # no seeds: no means
     _shot(page, "sweep")
+
+
+def test_sweep_with_seeds_shows_each_points_mean_and_spread(
+    page: Page, embedded_stack: Stack
+) -> None:
+    base = {
+        "data": {"dataset": "moons", "train_size": 128, "val_size": 64},
+        "model": {"depth": 1, "width": 8},
+        "train": {"epochs": 1, "checkpoint_every": 0},
+    }
+    body = {"base": base, "grid": {"model.activation": ["relu", "tanh"]}, "seeds": [0, 1]}
+    sweep = embedded_stack.client.post("/v1/sweeps", json=body).raise_for_status().json()
+    for job in sweep["jobs"]:
+        embedded_stack.wait_for(job["id"], {"succeeded"})
+    page.goto(f"{embedded_stack.url}/dashboard#/sweeps/{sweep['id']}")
+    points = page.get_by_test_id("sweep-point")
+    expect(points).to_have_count(2)
+    expect(points.nth(0).get_by_test_id("sweep-point-val-acc")).to_contain_text("±")
+    seeds = page.get_by_test_id("sweep-row-seed")
+    expect(seeds).to_have_count(4)
+    expect(seeds.nth(1)).to_have_text("1")
+    _shot(page, "sweep-seeds")
 
 
 def test_sweeps_list_links_to_the_sweep(
@@ -160,6 +183,31 @@ def test_failed_job_shows_its_error_not_no_problems(page: Page, embedded_stack: 
     note = page.get_by_test_id("no-findings")
     expect(note).to_contain_text("The job failed:")
     expect(page.get_by_test_id("job-error")).to_be_visible()
+
+
+def test_try_the_fix_opens_the_linked_job(
+    page: Page, embedded_stack: Stack, sweep: dict[str, Any]
+) -> None:
+    parent = sweep["jobs"][0]["id"]  # sigmoid, no norm: vanishing gradients
+    embedded_stack.wait_for(parent, {"succeeded"})
+    page.goto(f"{embedded_stack.url}/dashboard#/jobs/{parent}")
+    expect(page.get_by_test_id("finding-vanishing_gradient")).to_be_visible()
+    button = page.get_by_test_id("retry-suggested")
+    if button.count():  # the finding carries a suggested patch: the button applies it
+        expect(page.get_by_test_id("patch-vanishing_gradient")).to_be_visible()
+        button.click()
+        expect(page).not_to_have_url(f"{embedded_stack.url}/dashboard#/jobs/{parent}")
+    else:  # rules without patches yet: the same link, made over the API
+        fix = {"patch": {"model.activation": "relu", "model.init": "kaiming"}}
+        child = embedded_stack.client.post(f"/v1/jobs/{parent}/retry-with", json=fix).json()
+        page.goto(f"{embedded_stack.url}/dashboard#/jobs/{child['id']}")
+    link = page.get_by_test_id("job-parent")
+    expect(link).to_have_text(parent[:12])
+    child_id = page.url.rsplit("/", 1)[-1]
+    embedded_stack.client.post(f"/v1/jobs/{child_id}/cancel")  # its run is not the point
+    _shot(page, "retry")
+    link.click()
+    expect(page).to_have_url(f"{embedded_stack.url}/dashboard#/jobs/{parent}")
 
 
 def test_compare_view_overlays_jobs(

@@ -149,7 +149,7 @@ def test_docs_and_every_request_body_has_an_example(client: TestClient) -> None:
             for media in operation.get("requestBody", {}).get("content", {}).values():
                 bodies += 1
                 assert _has_example(media, schema), (method, path)
-    assert bodies == 3  # POST /v1/jobs, /v1/datasets, /v1/sweeps
+    assert bodies == 4  # POST /v1/jobs, /v1/datasets, /v1/sweeps, /v1/jobs/{id}/retry-with
     examples = schema["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"][
         "examples"
     ]

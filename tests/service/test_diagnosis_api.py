@@ -109,7 +109,15 @@ def test_running_sigmoid_job_reports_vanishing_gradient(
     assert finding["layers"] == [0, 1]
     assert finding["evidence"]["ratio"] == pytest.approx(1e-8)
     assert finding["evidence"]["depth"] == 4
-    assert set(finding) == {"code", "severity", "layers", "summary", "evidence", "remedy"}
+    assert set(finding) == {
+        "code",
+        "severity",
+        "layers",
+        "summary",
+        "evidence",
+        "remedy",
+        "suggested_spec_patch",
+    }
     assert "kaiming" in finding["remedy"]
 
 

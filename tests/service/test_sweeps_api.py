@@ -197,6 +197,7 @@ def test_rows_show_each_point_with_its_result_and_findings(
         "job_id": second,
         "name": "act-norm model.activation=relu",
         "point": {"model.activation": "relu"},
+        "seed": None,
         "status": "queued",
         "result": None,
         "error": None,

@@ -49,6 +49,7 @@ def create_sweep(
         base=body.base,
         grid=body.grid,
         name=body.name,
+        seeds=body.seeds,
     )
     response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
     return sweep_read(sweep, jobs)

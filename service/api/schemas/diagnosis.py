@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,21 @@ class FindingRead(BaseModel):
         description="The figures behind the finding, e.g. ratio, first_grad_norm, gap."
     )
     remedy: str = Field(description="Spec changes that address it.")
+    suggested_spec_patch: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The remedy as spec changes by dotted path, e.g. "
+        '`{"model.activation": "relu", "model.init": "kaiming"}`; '
+        'POST /v1/jobs/{id}/retry-with `{"apply": "suggested"}` runs the job again with them.',
+        examples=[{"model.activation": "relu", "model.init": "kaiming"}],
+    )
+
+
+class FindingBrief(BaseModel):
+    """A finding in a few words, as job reads and sweep rows carry it."""
+
+    code: str = Field(examples=["vanishing_gradient"])
+    severity: Literal["info", "warning", "critical"]
+    summary: str
 
 
 class Diagnosis(BaseModel):

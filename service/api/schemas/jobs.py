@@ -11,6 +11,7 @@ from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import jobs
+from service.api.schemas.diagnosis import FindingBrief
 from service.db.models import Job
 from service.specs import EXAMPLE_SPEC
 from service.vocabulary import JobStatus
@@ -58,6 +59,17 @@ class JobRead(BaseModel):
         description="Runs a job gets before a lost worker fails it; graceful stops "
         "(a worker's shutdown) do not use one up."
     )
+    parent_id: str | None = Field(
+        None,
+        description="The job this one retries with a changed spec "
+        "(POST /v1/jobs/{id}/retry-with); null for a job submitted as it is.",
+    )
+    findings: list[FindingBrief] = Field(
+        default_factory=list,
+        description="The diagnosis in brief, most severe first: recomputed after every "
+        "epoch while the job runs and once more when it ends (GET /v1/jobs/{id}/diagnosis "
+        "has the evidence and the suggested patches). Empty before the first epoch.",
+    )
 
 
 _PROGRESS_COLUMNS = ("epoch", "epochs", "step", "total_steps")
@@ -78,9 +90,9 @@ def job_read_of_columns(columns: Mapping[str, Any]) -> JobRead:
             status=columns["status"], step=columns["step"], total_steps=columns["total_steps"]
         ),
     )
-    return JobRead.model_validate(
-        {**{name: columns[name] for name in _JOB_COLUMNS}, "progress": progress}
-    )
+    fields = {name: columns[name] for name in _JOB_COLUMNS}
+    fields["findings"] = fields["findings"] or []  # NULL until the first epoch's diagnosis
+    return JobRead.model_validate({**fields, "progress": progress})
 
 
 def _variant(name: str, tags: list[str], **parts: dict[str, Any]) -> dict[str, Any]:

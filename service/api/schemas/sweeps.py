@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import sweeps
+from service.api.schemas.diagnosis import FindingBrief
 from service.api.schemas.jobs import JobRead, job_read
 from service.db.models import Job, Sweep
 from service.diagnosis import Finding
@@ -44,6 +46,15 @@ class SweepCreate(BaseModel):
     grid: dict[Annotated[str, Field(max_length=100)], GridValues] = Field(
         min_length=1, description=GRID_DESCRIPTION
     )
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Run every grid point once per seed (`train.seed`): the read then "
+        "gives each point's mean and spread over them. `max_sweep_points` counts points "
+        "x seeds. Default: one run per point, with the base's seed.",
+        examples=[[0, 1, 2]],
+    )
 
 
 class SweepRead(BaseModel):
@@ -53,33 +64,66 @@ class SweepRead(BaseModel):
     base: dict[str, Any]
     grid: dict[str, list[Any]] = Field(description="The grid as validated (values normalized).")
     created_at: datetime
-    jobs: list[JobRead] = Field(description="One job per grid point, in grid order.")
+    seeds: list[int] | None = Field(
+        None, description="The seeds each grid point runs with (null: one run per point)."
+    )
+    jobs: list[JobRead] = Field(
+        description="One job per grid point (per point and seed with seeds), in grid order."
+    )
 
 
-class FindingBrief(BaseModel):
-    code: str = Field(examples=["vanishing_gradient"])
-    severity: Literal["info", "warning", "critical"]
-    summary: str
+class SweepFinding(FindingBrief):
+    suggested_spec_patch: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Spec changes that address it (POST /v1/jobs/{id}/retry-with "
+        '`{"apply": "suggested"}` runs them).',
+    )
+
+
+class SpreadRead(BaseModel):
+    n: int = Field(description="Succeeded runs with a finite value.")
+    mean: float
+    std: float | None = Field(description="Sample standard deviation; null from one run.")
+    min: float
+    max: float
+
+
+class PointRead(BaseModel):
+    point: dict[str, Any] = Field(description="This point's value of each grid field.")
+    job_ids: list[str] = Field(description="Its jobs, one per seed, in the order of seeds.")
+    seeds: list[int | None]
+    metrics: dict[str, SpreadRead] = Field(
+        description="train_loss, train_acc, val_loss, val_acc and best_val_loss over the "
+        "point's succeeded runs; a figure no run has yet is absent."
+    )
 
 
 class SweepRowRead(BaseModel):
     job_id: str
     name: str
     point: dict[str, Any] = Field(description="This point's value of each grid field.")
+    seed: int | None = Field(None, description="This run's train.seed, in a sweep with seeds.")
     status: JobStatus
     result: dict[str, Any] | None = Field(
         description="The job's result (train_loss, train_acc, val_loss, val_acc, ...) "
         "once it has finished."
     )
     error: str | None
-    findings: list[FindingBrief] = Field(
-        description="The diagnosis of a finished job (GET /v1/jobs/{id}/diagnosis has the "
-        "evidence), most severe first; empty until the job finishes."
+    findings: list[SweepFinding] = Field(
+        description="The diagnosis of a finished job with each finding's suggested patch "
+        "(GET /v1/jobs/{id}/diagnosis has the evidence), most severe first; empty until "
+        "the job finishes."
     )
 
 
 class SweepDetail(SweepRead):
-    rows: list[SweepRowRead] = Field(description="One row per grid point, in grid order.")
+    rows: list[SweepRowRead] = Field(
+        description="One row per job (grid point, and seed), in grid order."
+    )
+    points: list[PointRead] = Field(
+        description="One entry per grid point, in grid order: the mean and spread of its "
+        "result figures over its seeds."
+    )
 
 
 class SweepSummary(BaseModel):
@@ -101,12 +145,18 @@ def sweep_read(sweep: Sweep, jobs: Sequence[Job]) -> SweepRead:
         base=sweep.base,
         grid=sweep.grid,
         created_at=sweep.created_at,
+        seeds=sweep.seeds,
         jobs=[job_read(job) for job in jobs],
     )
 
 
-def _brief(finding: Finding) -> FindingBrief:
-    return FindingBrief(code=finding.code, severity=finding.severity, summary=finding.summary)
+def _brief(finding: Finding) -> SweepFinding:
+    return SweepFinding(
+        code=finding.code,
+        severity=finding.severity,
+        summary=finding.summary,
+        suggested_spec_patch=finding.suggested_spec_patch,
+    )
 
 
 def _row_read(row: sweeps.SweepRow) -> SweepRowRead:
@@ -116,6 +166,7 @@ def _row_read(row: sweeps.SweepRow) -> SweepRowRead:
             "job_id": job.id,
             "name": job.name,
             "point": row.point,
+            "seed": row.seed,
             "status": job.status,
             "result": job.result,
             "error": job.error,
@@ -126,7 +177,17 @@ def _row_read(row: sweeps.SweepRow) -> SweepRowRead:
 
 def sweep_detail(detail: sweeps.SweepDetail) -> SweepDetail:
     return SweepDetail(
-        **dict(sweep_read(detail.sweep, detail.jobs)), rows=[_row_read(row) for row in detail.rows]
+        **dict(sweep_read(detail.sweep, detail.jobs)),
+        rows=[_row_read(row) for row in detail.rows],
+        points=[
+            PointRead(
+                point=p.point,
+                job_ids=p.job_ids,
+                seeds=p.seeds,
+                metrics={name: SpreadRead(**asdict(s)) for name, s in p.metrics.items()},
+            )
+            for p in detail.points
+        ],
     )
 
 

@@ -66,6 +66,7 @@ def create_job(
     sweep_id: str | None = None,
     grid_point: Mapping[str, Any] | None = None,
     max_attempts: int = 3,
+    parent_id: str | None = None,
 ) -> Job:
     job = Job(
         id=uuid.uuid4().hex,
@@ -85,6 +86,7 @@ def create_job(
         attempt=0,
         max_attempts=max_attempts,
         preemptions=0,
+        parent_id=parent_id,
     )
     session.add(job)
     session.flush()
@@ -364,6 +366,16 @@ def update_progress(*, session: Session, job_id: str, epoch: int, step: int) -> 
     )
 
 
+def set_findings(*, session: Session, job_id: str, findings: Sequence[Mapping[str, Any]]) -> None:
+    """The diagnosis in brief on the job row, for its reads (the worker keeps it current)."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(findings=[json_safe(dict(f)) for f in findings])
+        .execution_options(synchronize_session=False)
+    )
+
+
 def finish_job(
     *,
     session: Session,
@@ -451,6 +463,8 @@ JOB_READ_COLUMNS = (
     Job.cancel_requested,
     Job.attempt,
     Job.max_attempts,
+    Job.parent_id,
+    Job.findings,
 )
 
 

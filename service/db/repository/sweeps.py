@@ -23,6 +23,7 @@ def create_sweep(
     name: str,
     base: Mapping[str, Any],
     grid: Mapping[str, Sequence[Any]],
+    seeds: Sequence[int] | None = None,
 ) -> Sweep:
     """The sweep row; its jobs are added with ``jobs.create_job(..., sweep_id=...)``."""
     sweep = Sweep(
@@ -32,6 +33,7 @@ def create_sweep(
         base=dict(base),
         grid={key: list(values) for key, values in grid.items()},
         created_at=utcnow(),
+        seeds=list(seeds) if seeds is not None else None,
     )
     session.add(sweep)
     session.flush()

@@ -149,6 +149,9 @@ function renderHeader(el, job, metrics) {
       job.tags.map((t) => h("span", { class: "tag", text: t })),
       h("span", { class: "live-dot", title: "live updates", "data-testid": "live-indicator" })),
     h("p", { class: "muted mono small", "data-testid": "job-id", text: job.id }),
+    job.parent_id ? h("p", { class: "small" }, "Retry of ",
+      h("a", { href: `#/jobs/${encodeURIComponent(job.parent_id)}`, class: "mono", "data-testid": "job-parent", text: job.parent_id.slice(0, 12) }),
+      " with a changed spec") : null,
     h("p", { class: "spec-line", "data-testid": "job-spec", text: specLine(job.spec) }),
     h("div", { class: "progress-row" },
       progressBar(p.fraction, "job-progress"),
@@ -176,7 +179,8 @@ function patchText(patch) {
 export function retryButton(jobId, testid = "retry-suggested") {
   const message = h("span", { class: "small muted", "data-testid": `${testid}-message` });
   const button = h("button", {
-    class: "button primary", type: "button", "data-testid": testid, text: "Retry with the suggested fix",
+    class: "button primary", type: "button", "data-testid": testid, text: "Try the fix",
+    title: "Run this job again with every finding's patch applied (a new job, linked to this one)",
     onclick: async (e) => {
       e.stopPropagation();
       button.disabled = true;

@@ -38,19 +38,19 @@ export function renderSweeps(ctx, view) {
 
 const gridText = (grid) => Object.entries(grid).map(([k, v]) => `${k} ∈ {${v.join(", ")}}`).join(" × ");
 
-// Per job: the sparkline data and the full diagnosis (for the patch); kept once finished.
+// Per job: the sparkline data; kept once finished. The rows carry the findings and their
+// patches.
 const cache = new Map();
 
 async function rowDetails(row) {
   const key = row.job_id;
   if (cache.has(key)) return cache.get(key);
   const id = encodeURIComponent(key);
-  const [grads, metrics, diagnosis] = await Promise.all([
+  const [grads, metrics] = await Promise.all([
     api(`/v1/jobs/${id}/gradients?stat=grad_norm&max_points=2`),
     api(`/v1/jobs/${id}/metrics`),
-    vocab.active.has(row.status) || !row.findings.length ? null : api(`/v1/jobs/${id}/diagnosis`),
   ]);
-  const details = { grads, metrics, findings: diagnosis ? diagnosis.findings : [] };
+  const details = { grads, metrics };
   if (!vocab.active.has(row.status)) cache.set(key, details);
   return details;
 }
@@ -105,13 +105,40 @@ export function lossSpark(metrics) {
   return canvas;
 }
 
+const hasPatch = (f) => f.suggested_spec_patch && Object.keys(f.suggested_spec_patch).length;
+const patchInline = (findings) => findings.filter(hasPatch)
+  .map((f) => Object.entries(f.suggested_spec_patch).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")).join("; ");
+
+// "mean ± std (min–max)" of one figure over a point's seeds.
+function spreadText(s, format) {
+  if (!s) return "—";
+  const std = s.std == null ? "" : ` ± ${format(s.std)}`;
+  return s.n > 1 ? `${format(s.mean)}${std} (${format(s.min)}–${format(s.max)})` : format(s.mean);
+}
+
+function renderPoints(el, sweep, keys) {
+  el.hidden = !sweep.seeds;
+  if (!sweep.seeds) return;
+  el.replaceChildren(
+    h("h3", { text: `Over seeds ${sweep.seeds.join(", ")}` }),
+    h("table", { class: "table", "data-testid": "sweep-points" },
+      h("thead", {}, h("tr", {}, [...keys, "runs", "val acc", "val loss", "train loss"].map((t) => h("th", { text: t })))),
+      h("tbody", {}, sweep.points.map((p) => h("tr", { "data-testid": "sweep-point" },
+        keys.map((k) => h("td", { class: "mono", text: typeof p.point[k] === "string" ? p.point[k] : JSON.stringify(p.point[k]) })),
+        h("td", { class: "num", text: `${(p.metrics.val_acc || { n: 0 }).n}/${p.job_ids.length}` }),
+        h("td", { class: "num", "data-testid": "sweep-point-val-acc", text: spreadText(p.metrics.val_acc, pct) }),
+        h("td", { class: "num", text: spreadText(p.metrics.val_loss, fmt) }),
+        h("td", { class: "num", text: spreadText(p.metrics.train_loss, fmt) }))))));
+}
+
 export function renderSweep(ctx, view, sweepId) {
   const id = encodeURIComponent(sweepId);
   const head = h("div", { class: "panel", "data-testid": "sweep-header" });
+  const points = h("section", { class: "panel", "data-testid": "sweep-points-panel", hidden: true });
   const table = h("table", { class: "table sweep", "data-testid": "sweep-table" });
   view.replaceChildren(
     h("p", { class: "crumbs" }, h("a", { href: "#/sweeps", text: "← all sweeps" })),
-    head, table);
+    head, points, table);
 
   async function load() {
     const sweep = await api(`/v1/sweeps/${id}`);
@@ -135,11 +162,13 @@ export function renderSweep(ctx, view, sweepId) {
         h("span", { class: "swatch", style: "background:#16a34a" }), " flowing. Loss sparkline: ",
         h("span", { class: "swatch", style: `background:${COLORS.train}` }), " train, ",
         h("span", { class: "swatch", style: `background:${COLORS.val}` }), " validation: a widening gap is overfitting."));
+    renderPoints(points, sweep, keys);
+    const seeded = Boolean(sweep.seeds);
     table.replaceChildren(
-      h("thead", {}, h("tr", {}, [...keys, "status", "health", "gradient by depth", "loss", "val acc", "val loss", "fix", "job"].map((t) => h("th", { text: t })))),
+      h("thead", {}, h("tr", {}, [...keys, ...(seeded ? ["seed"] : []), "status", "health", "gradient by depth", "loss", "val acc", "val loss", "fix", "job"].map((t) => h("th", { text: t })))),
       h("tbody", {}, sweep.rows.map((r, i) => {
         const d = details[i];
-        const patched = d.findings.some((f) => f.suggested_spec_patch && Object.keys(f.suggested_spec_patch).length);
+        const patched = r.findings.some(hasPatch);
         let health;
         if (r.findings.length) health = r.findings.map((f) => findingChip(f));
         else if (r.status === vocab.failed) health = h("span", { class: "chip code-failed", title: r.error || "", text: "✗ failed" });
@@ -147,6 +176,7 @@ export function renderSweep(ctx, view, sweepId) {
         else health = h("span", { class: "muted", text: "…" });
         return h("tr", { "data-testid": "sweep-row", "data-job-id": r.job_id, class: `health-${r.findings.length ? r.findings[0].severity : r.status}` },
           keys.map((k) => h("td", { class: "mono", text: typeof r.point[k] === "string" ? r.point[k] : JSON.stringify(r.point[k]) })),
+          seeded ? h("td", { class: "num", "data-testid": "sweep-row-seed", text: String(r.seed) }) : null,
           h("td", {}, statusBadge(r.status, "sweep-row-status")),
           h("td", { class: "findings-cell", "data-testid": "sweep-row-health" }, health),
           h("td", {}, gradientSpark(d.grads.series)),
@@ -154,7 +184,7 @@ export function renderSweep(ctx, view, sweepId) {
           h("td", { class: "num", text: r.result ? pct(r.result.val_acc) : "—" }),
           h("td", { class: "num", text: r.result ? fmt(r.result.val_loss) : "—" }),
           h("td", { class: "small" }, patched
-            ? [h("code", { class: "patch-inline", text: d.findings.filter((f) => f.suggested_spec_patch).map((f) => Object.entries(f.suggested_spec_patch).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(" ")).join("; ") }),
+            ? [h("code", { class: "patch-inline", "data-testid": "sweep-row-patch", text: patchInline(r.findings) }),
               retryButton(r.job_id, "sweep-retry")]
             : h("span", { class: "muted", text: "—" })),
           h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(r.job_id)}`, "data-testid": "sweep-job-link", text: r.job_id.slice(0, 8) })));
