@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 # Query parameters of GET /v1/jobs that are not spec-field filters.
 LIST_PARAMS: frozenset[str] = frozenset(
-    {"status", "tag", "name", "sort", "limit", "cursor", "sweep_id", search.WHERE}
+    {"status", "tag", "name", "sort", "limit", "cursor", "sweep_id", "parent_id", search.WHERE}
 )
 
 
@@ -265,6 +265,7 @@ def list_jobs(
     cursor: str | None,
     params: Sequence[tuple[str, str]],
     sweep_id: str | None = None,
+    parent_id: str | None = None,
 ) -> pagination.Page[Job]:
     """A page of jobs; ``params`` are all query parameters (the filters on spec and
     result fields among them, see ``service.search``)."""
@@ -280,6 +281,7 @@ def list_jobs(
         name=name,
         filters=filters,
         sweep_id=sweep_id,
+        parent_id=parent_id,
         sort=sort_key,
         after=after,
         limit=limit + 1,

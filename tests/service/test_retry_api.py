@@ -66,6 +66,9 @@ def test_patch_makes_a_linked_job_with_the_changed_spec(client: TestClient) -> N
         child["id"]: parent["id"],
         parent["id"]: None,
     }
+    retries = client.get(f"/v1/jobs?parent_id={parent['id']}").json()["items"]
+    assert [j["id"] for j in retries] == [child["id"]]
+    assert client.get(f"/v1/jobs?parent_id={child['id']}").json()["items"] == []
 
 
 def test_apply_suggested_merges_the_patches_in_rank_order(

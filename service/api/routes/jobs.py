@@ -107,6 +107,10 @@ def list_jobs(
     sweep_id: Annotated[
         str | None, Query(max_length=64, description="Only the jobs of this sweep.")
     ] = None,
+    parent_id: Annotated[
+        str | None,
+        Query(max_length=64, description="Only the retries of this job (POST .../retry-with)."),
+    ] = None,
     # Read with the other filters from the query parameters; declared for the docs.
     where: Annotated[
         list[str],
@@ -134,6 +138,7 @@ def list_jobs(
         cursor=cursor,
         params=list(request.query_params.multi_items()),
         sweep_id=sweep_id,
+        parent_id=parent_id,
     )
     body = Page[JobRead](items=[job_read(j) for j in page.items], next_cursor=page.next_cursor)
     return conditional.json_response(body, if_none_match)

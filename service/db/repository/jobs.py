@@ -674,6 +674,7 @@ def list_jobs(
     name: str | None = None,
     filters: Sequence[FieldFilter] = (),
     sweep_id: str | None = None,
+    parent_id: str | None = None,
     sort: SortKey | None = None,
     newest_first: bool = True,
     after: Position | None = None,
@@ -694,6 +695,8 @@ def list_jobs(
         stmt = stmt.where(Job.name == name)
     if sweep_id is not None:
         stmt = stmt.where(Job.sweep_id == sweep_id)
+    if parent_id is not None:
+        stmt = stmt.where(Job.parent_id == parent_id)
     for field_filter in filters:
         stmt = stmt.where(_field_condition(field_filter, dialect))
     sort = sort or SortKey(field=None, descending=newest_first)
