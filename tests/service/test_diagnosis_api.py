@@ -109,7 +109,18 @@ def test_running_sigmoid_job_reports_vanishing_gradient(
     assert finding["layers"] == [0, 1]
     assert finding["evidence"]["ratio"] == pytest.approx(1e-8)
     assert finding["evidence"]["depth"] == 4
-    assert set(finding) == {"code", "severity", "layers", "summary", "evidence", "remedy"}
+    assert set(finding) == {
+        "code",
+        "severity",
+        "layers",
+        "summary",
+        "evidence",
+        "remedy",
+        "suggested_spec_patch",
+        "caused_by",
+    }
+    assert finding["suggested_spec_patch"]["model.activation"] == "relu"
+    assert finding["caused_by"] is None
     assert "kaiming" in finding["remedy"]
 
 
@@ -126,6 +137,14 @@ def test_nan_gradients_report_divergence(client: TestClient, session: Session) -
     session.commit()
     response = client.get(f"/v1/jobs/{job_id}/diagnosis")
     assert response.status_code == 200, response.text
-    finding = response.json()["findings"][0]
-    assert finding["code"] == "divergence"
-    assert finding["evidence"] == {"first_nonfinite_step": 30, "first_nonfinite_epoch": 1}
+    findings = {f["code"]: f for f in response.json()["findings"]}
+    # The cause ranks first; the symptom names it.
+    assert response.json()["findings"][0]["code"] == "lr_too_high"
+    finding = findings["divergence"]
+    assert finding["evidence"] == {
+        "first_nonfinite_step": 30,
+        "first_nonfinite_epoch": 1,
+        "caused_by": "lr_too_high",
+    }
+    assert finding["caused_by"] == "lr_too_high"
+    assert finding["suggested_spec_patch"]["train.grad_clip"] == 1.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,8 +13,10 @@ class FindingRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     code: str = Field(
-        description="vanishing_gradient, exploding_gradient, dead_units, saturation, "
-        "overfitting, divergence or not_learning.",
+        description="Causes: lr_too_low, lr_too_high, over_regularized, poor_initialization, "
+        "degradation, underfitting, overfitting, saturation, dead_units; symptoms: "
+        "vanishing_gradient, exploding_gradient, divergence, not_learning (a symptom names "
+        "its cause in caused_by).",
         examples=["vanishing_gradient"],
     )
     severity: Literal["info", "warning", "critical"]
@@ -24,6 +26,17 @@ class FindingRead(BaseModel):
         description="The figures behind the finding, e.g. ratio, first_grad_norm, gap."
     )
     remedy: str = Field(description="Spec changes that address it.")
+    suggested_spec_patch: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The fix as spec changes: dotted paths (e.g. model.init) and their new "
+        "values; the job's spec with them applied still validates.",
+        examples=[{"model.activation": "relu", "model.init": "kaiming"}],
+    )
+    caused_by: str | None = Field(
+        None,
+        description="For a symptom, the code of the finding that explains it (listed "
+        "before it); null for a cause.",
+    )
 
 
 class Diagnosis(BaseModel):
