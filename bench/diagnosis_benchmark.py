@@ -486,6 +486,23 @@ def sagemaker(rec: Recording) -> set[str]:
     return fired
 
 
+# The codes each tool can raise at all (its vocabulary mapped onto trainlab's).
+VOCABULARY: dict[str, frozenset[str]] = {
+    "AUTOTRAINER": frozenset(
+        {
+            "exploding_gradient",
+            "divergence",
+            "dead_units",
+            "vanishing_gradient",
+            "not_learning",
+            "oscillation",
+        }
+    ),
+    "SageMaker Debugger": frozenset(
+        {"divergence", "vanishing_gradient", "dead_units", "saturation", "overfitting"}
+    ),
+}
+
 DETECTORS: dict[str, Detector] = {
     "trainlab": trainlab,
     "AUTOTRAINER": lambda rec, spec: autotrainer(rec),
@@ -504,6 +521,7 @@ class Score:
     primary: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     primary_hit: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     misses: list[str] = field(default_factory=list)
+    wrong: list[str] = field(default_factory=list)
     alarms: list[str] = field(default_factory=list)
 
 
@@ -524,6 +542,8 @@ def score(detector: Detector, runs: Sequence[tuple[Case, Recording]]) -> Score:
         s.faulty += 1
         s.primary[case.codes[0]] += 1
         s.primary_hit[case.codes[0]] += case.codes[0] in codes
+        if extra := codes - set(case.codes):
+            s.wrong.append(f"{label}: {sorted(extra)}")
         if codes & set(case.codes):
             s.detected += 1
         else:
@@ -558,7 +578,10 @@ def table(scores: Mapping[str, Score]) -> str:
     codes = sorted({c for s in scores.values() for c in (*s.fired, *s.primary)})
     for code in codes:
         cells = []
-        for s in scores.values():
+        for name, s in scores.items():
+            if code not in VOCABULARY.get(name, frozenset({code})):
+                cells.append("no rule")
+                continue
             p = _ratio(s.fired_right[code], s.fired[code]) if s.fired.get(code) else "-"
             r = _ratio(s.primary_hit[code], s.primary[code]) if s.primary.get(code) else "-"
             cells.append(f"P {p} / R {r}" if (s.fired.get(code) or s.primary.get(code)) else "")
@@ -618,6 +641,9 @@ def main() -> None:
                 print(f"  trainlab missed {line}")
             for line in s.alarms:
                 print(f"  trainlab false alarm {line}")
+        if args.verbose:
+            for line in s.wrong:
+                print(f"  trainlab also said {line}")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,11 @@ OVERFIT_VAL_RISE = 0.10  # val loss this far above its minimum while train loss 
 # at 0.2-0.7.
 UNDERFIT_ACC = 0.75
 FEW_EPOCHS = 2  # this few epochs cannot show a plateau: the loss counts as still falling
+# A run of at most FEW_EPOCHS or under FEW_STEPS optimizer steps (healthy twins: 230-320)
+# that ends below CUT_SHORT_ACC was cut short (one batch per epoch: 10-12 steps, 0.7-0.87).
+FEW_STEPS = 100
+CUT_SHORT_ACC = 0.9
+MIN_BATCH = 16
 STILL_FALLING = 0.05  # relative fall of the train loss over the last epoch
 UNDERFIT_EPOCH_FACTOR = 3
 
@@ -243,6 +248,7 @@ class _Spec:
     lr: float | None = None
     optimizer: str | None = None
     epochs: int | None = None
+    batch_size: int | None = None
     l1: float = 0.0
     l2: float = 0.0
     grad_clip: float | None = None
@@ -281,6 +287,7 @@ class _Spec:
             lr=number(train, "lr"),
             optimizer=train.get("optimizer"),
             epochs=integer(train, "epochs"),
+            batch_size=integer(train, "batch_size"),
             l1=number(train, "l1") or 0.0,
             l2=number(train, "l2") or 0.0,
             grad_clip=number(train, "grad_clip"),
@@ -912,9 +919,21 @@ def poor_initialization(
     if early_stats is None or spec.init == spec.good_init():
         return None
     hidden = [layer for layer in layers if layer.kind in WEIGHT_KINDS and layer.activation]
+    gain = _predicted_gain(layers, spec)
+    # NaN from the first steps, and an init that predicts an explosion: the activations
+    # overflowed (their statistics are NaN, not missing).
+    blew_up = (
+        early_stats.first_nonfinite_step is not None
+        and early_stats.steps.size > 0
+        and early_stats.first_nonfinite_step <= int(early_stats.steps.max())
+        and gain is not None
+        and gain > POOR_INIT_MAX_ACT_STD
+    )
     scales: list[tuple[int, float]] = []
     for layer in hidden:
         scale = _finite_median_or_inf(early_stats, layer.index)
+        if scale is None and blew_up:
+            scale = math.inf
         if scale is not None:
             scales.append((layer.index, scale))
     if len(scales) < 2:
@@ -934,7 +953,6 @@ def poor_initialization(
     }
     if spec.init == "normal" and spec.init_std is not None:
         evidence["init_std"] = _num(spec.init_std)
-    gain = _predicted_gain(layers, spec)
     if gain is not None:
         evidence["predicted_gain"] = _num(gain)
     how = "collapses" if collapsed else "explodes"
@@ -1092,29 +1110,47 @@ def degradation(
 
 
 def underfitting(
-    *, layers: Sequence[LayerInfo], metrics: Sequence[EpochRow], job_status: str, spec: _Spec
+    *,
+    layers: Sequence[LayerInfo],
+    stats: LayerStats,
+    metrics: Sequence[EpochRow],
+    job_status: str,
+    spec: _Spec,
 ) -> Finding | None:
-    """The run ended fitting the training set poorly (but above chance, or after too few
-    epochs to tell): train longer when the loss was still falling, else a bigger model."""
+    """The run ended fitting the training set poorly (but above chance), or stopped after
+    too few epochs or optimizer steps to converge: train longer when it was cut short,
+    else a bigger model."""
     if job_status != "succeeded":
         return None
     progress = _Progress.of(layers, metrics)
-    if progress is None or not progress.fitting_poorly:
+    if progress is None:
         return None
-    still_falling = progress.epochs <= FEW_EPOCHS or (
+    steps = int(stats.steps.max()) if stats.steps.size else None
+    few_epochs = progress.epochs <= FEW_EPOCHS
+    few_steps = steps is not None and steps < FEW_STEPS
+    cut_short = (few_epochs or few_steps) and progress.best_acc < CUT_SHORT_ACC
+    if not (progress.fitting_poorly or cut_short):
+        return None
+    still_falling = few_epochs or (
         progress.last_drop is not None and progress.last_drop > STILL_FALLING
     )
-    if progress.at_chance and not still_falling:
+    if progress.at_chance and not (still_falling or cut_short):
         return None  # nothing learned at all: not_learning, with its cause
     evidence: Evidence = {
         "best_acc": _num(progress.best_acc),
         "train_acc": _num(progress.train_acc),
         "epochs": progress.epochs,
     }
+    if steps is not None:
+        evidence["steps"] = steps
     if progress.last_drop is not None:
         evidence["last_epoch_loss_drop"] = _num(progress.last_drop)
     patch: dict[str, Any]
-    if still_falling:
+    if few_steps and not few_epochs and spec.batch_size and spec.batch_size > MIN_BATCH:
+        batch = max(MIN_BATCH, spec.batch_size // 8)
+        patch = {"train.batch_size": batch}
+        remedy = f"take more optimizer steps: train.batch_size {batch} (it made only {steps})"
+    elif still_falling or cut_short:
         epochs = progress.epochs * UNDERFIT_EPOCH_FACTOR
         patch = {"train.epochs": min(10_000, epochs)}
         remedy = f"train longer (train.epochs {epochs}): the loss was still falling"
@@ -1129,6 +1165,7 @@ def underfitting(
         summary=(
             f"Underfitting: accuracy reaches only {progress.best_acc:.0%} after "
             f"{progress.epochs} epochs"
+            + (f" ({steps} optimizer steps)" if steps is not None else "")
             + (", and the loss was still falling at the end." if still_falling else ".")
         ),
         evidence=evidence,
@@ -1232,10 +1269,14 @@ def diagnose(
         overfitting(metrics=metrics, spec=hints),
     ]
     findings = [f for f in candidates if f is not None]
+    if any(f.code == "lr_too_high" for f in findings):  # a net killed by huge steps is still
+        findings = [f for f in findings if f.code != "lr_too_low"]
     if not any(f.code in CAUSES_OF["underfitting"] for f in findings) and not any(
         f.code in CAUSES_OF["not_learning"][:-1] for f in findings
     ):
-        fit = underfitting(layers=layers, metrics=metrics, job_status=job_status, spec=hints)
+        fit = underfitting(
+            layers=layers, stats=stats, metrics=metrics, job_status=job_status, spec=hints
+        )
         if fit is not None:
             findings.append(fit)
     stuck = not_learning(layers=layers, metrics=metrics, job_status=job_status)
