@@ -1084,8 +1084,8 @@ def degradation(
 ) -> Finding | None:
     """A deep plain net (no skip connections) stuck at chance: the depth itself stops it
     training (He et al. 2016), where a residual or shallower twin trains."""
-    if job_status != "succeeded" or spec.skip:
-        return None
+    if job_status != "succeeded" or spec.skip or not spec.relu_like:
+        return None  # sigmoid/tanh: the activation is the cause (vanishing, saturation)
     depth = sum(1 for layer in layers if layer.kind in WEIGHT_KINDS)
     progress = _Progress.of(layers, metrics)
     if depth < DEGRADATION_DEPTH or progress is None or not progress.at_chance:
@@ -1271,9 +1271,10 @@ def diagnose(
     findings = [f for f in candidates if f is not None]
     if any(f.code == "lr_too_high" for f in findings):  # a net killed by huge steps is still
         findings = [f for f in findings if f.code != "lr_too_low"]
-    if not any(f.code in CAUSES_OF["underfitting"] for f in findings) and not any(
-        f.code in CAUSES_OF["not_learning"][:-1] for f in findings
-    ):
+    # Underfitting only when nothing else explains the poor fit, and never beside an
+    # overfit (a training set fitted better than the validation set is not underfit).
+    explained = {*CAUSES_OF["underfitting"], *CAUSES_OF["not_learning"][:-1], "overfitting"}
+    if not any(f.code in explained for f in findings):
         fit = underfitting(
             layers=layers, stats=stats, metrics=metrics, job_status=job_status, spec=hints
         )
