@@ -98,6 +98,7 @@ HEALTHY_UPDATE_RATIO = 1e-3  # the target of the suggested learning rate
 # <= 1.1x), a final loss this far above its minimum, or above a uniform guess.
 UPDATE_RATIO_HIGH = 0.1  # median ||dw||/||w|| of a layer; healthy runs here: <= 0.03
 LR_HIGH_LOSS_SPIKE = 10.0
+LR_BLOWUP_SPIKE = 100.0  # ... and from this spike the suggested lr is 100x lower, not 10x
 LR_HIGH_LOSS_RISE = 3.0
 LR_HIGH_ABOVE_CHANCE = 1.5
 
@@ -470,8 +471,12 @@ def exploding_gradient(
     )
 
 
-def _lr_remedy(spec: _Spec, *, extra: str | None = None) -> str:
-    lower = f"lower train.lr (e.g. {spec.lr / 10:g})" if spec.lr else "lower train.lr (e.g. 10x)"
+def _lr_remedy(spec: _Spec, *, extra: str | None = None, factor: float = 10.0) -> str:
+    lower = (
+        f"lower train.lr (e.g. {_round_lr(spec.lr / factor):g})"
+        if spec.lr
+        else f"lower train.lr (e.g. {factor:g}x)"
+    )
     options = [lower]
     if spec.grad_clip is None:
         options.append("set train.grad_clip 1.0")
@@ -1055,6 +1060,13 @@ def lr_too_high(
     if not evidence:
         return None
     strong = (progress is not None and progress.at_chance) or diverged
+    # A blow-up in the first epoch (a loss 100x that of a uniform guess, or NaN there)
+    # needs more than the usual tenth: the benchmark's 200x runs still blow up at 20x.
+    first_epoch_nan = bool(metrics) and not _finite(metrics[0].train_loss)
+    spiked = progress is not None and (progress.first_train_loss or 0.0) > (
+        LR_BLOWUP_SPIKE * progress.chance_loss
+    )
+    factor = 100.0 if first_epoch_nan or spiked else 10.0
     return Finding(
         code="lr_too_high",
         severity="critical" if strong else "warning",
@@ -1065,8 +1077,8 @@ def lr_too_high(
             + "."
         ),
         evidence=evidence,
-        remedy=_lr_remedy(spec),
-        suggested_spec_patch=_lower_lr_patch(spec),
+        remedy=_lr_remedy(spec, factor=factor),
+        suggested_spec_patch=_lower_lr_patch(spec, factor=factor),
     )
 
 
