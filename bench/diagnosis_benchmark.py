@@ -600,6 +600,9 @@ def main() -> None:
     parser.add_argument(
         "--cached-only", action="store_true", help="score only the runs already recorded"
     )
+    parser.add_argument(
+        "--fixes", action="store_true", help="also train each fault's suggested patch"
+    )
     parser.add_argument("--verbose", action="store_true", help="list every miss and false alarm")
     args = parser.parse_args()
     if args.quick:
@@ -644,6 +647,48 @@ def main() -> None:
         if args.verbose:
             for line in s.wrong:
                 print(f"  trainlab also said {line}")
+    if args.fixes:
+        first = next(iter(groups.values()))
+        print_fixes([(c, by_spec[_spec_key(c.spec)]) for c in first], args)
+
+
+def _first_cause(rec: Recording, spec: Mapping[str, Any]) -> rules.Finding | None:
+    full = ExperimentSpec.model_validate(spec).model_dump(mode="json")
+    findings = [f for f in rules.diagnose(**rule_inputs(rec), spec=full) if f.severity != "info"]
+    return findings[0] if findings else None
+
+
+def print_fixes(runs: Sequence[tuple[Case, Recording]], args: argparse.Namespace) -> None:
+    """Apply each faulty run's first finding's suggested patch ("try the fix"), train the
+    patched spec and report whether the fault's primary code is gone."""
+    faulty = [(c, r) for c, r in runs if c.fault is not None]
+    patched: list[tuple[Case, rules.Finding | None, dict[str, Any]]] = []
+    for case, rec in faulty:
+        cause = _first_cause(rec, case.spec)
+        spec = apply_patch(case.spec, cause.suggested_spec_patch) if cause else case.spec
+        patched.append((case, cause, spec))
+    work = [(spec, str(args.cache)) for _, _, spec in patched]
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            recs = pool.map(_record_case, work, chunksize=1)
+    else:
+        recs = [_record_case(w) for w in work]
+    print("\n### Try the fix: the first finding's suggested patch, trained\n")
+    print("| run | patch | val acc before → after | diagnosis after (warning and above) |")
+    print("|---|---|---|---|")
+    fixed = healthy = 0
+    for (case, cause, spec), (_, before), after in zip(patched, faulty, recs, strict=True):
+        codes = trainlab(after, spec)
+        fixed += case.codes[0] not in codes
+        healthy += not codes
+        patch = json.dumps(cause.suggested_spec_patch) if cause else "-"
+        acc = f"{before.epochs[-1].val_acc:.0%} → {after.epochs[-1].val_acc:.0%}"
+        after_codes = ", ".join(sorted(codes)) or "none"
+        print(f"| {case.base}/{case.fault}/s{case.seed} | `{patch}` | {acc} | {after_codes} |")
+    print(
+        f"\nafter one patch: the fault's code gone in {fixed}/{len(patched)} runs, "
+        f"no warning at all in {healthy}/{len(patched)}"
+    )
 
 
 if __name__ == "__main__":

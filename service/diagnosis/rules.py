@@ -71,6 +71,8 @@ OVERFIT_ACC_GAP_LOW = 0.10
 OVERFIT_LOSS_RATIO = 3.0
 OVERFIT_MIN_LOSS_GAP = 0.2
 OVERFIT_CRITICAL_ACC_GAP = 0.25
+# A train_size below this is the first thing the overfitting patch changes (null: all).
+SMALL_TRAIN_SET = 1000
 # Without accuracies: final val_loss - train_loss, and it must be growing.
 OVERFIT_GAP = 0.5
 OVERFIT_CRITICAL_GAP = 2.0
@@ -88,6 +90,8 @@ CUT_SHORT_ACC = 0.9
 MIN_BATCH = 16
 STILL_FALLING = 0.05  # relative fall of the train loss over the last epoch
 UNDERFIT_EPOCH_FACTOR = 3
+UNDERFIT_MIN_EPOCHS = 10  # the suggested epochs: 3x, and at least this (benchmark bases: 10-12)
+TARGET_STEPS = 300  # optimizer steps the suggested batch size makes (healthy twins: 230-320)
 
 # lr_too_low: the fastest weight layer's median update ratio ||dw||/||w|| below this.
 # Healthy twins: 1e-3 to 2e-2 (SGD 0.05, Adam 3e-3); learning rate 1e-4x: ~1e-6.
@@ -98,7 +102,9 @@ HEALTHY_UPDATE_RATIO = 1e-3  # the target of the suggested learning rate
 # <= 1.1x), a final loss this far above its minimum, or above a uniform guess.
 UPDATE_RATIO_HIGH = 0.1  # median ||dw||/||w|| of a layer; healthy runs here: <= 0.03
 LR_HIGH_LOSS_SPIKE = 10.0
-LR_BLOWUP_SPIKE = 100.0  # ... and from this spike the suggested lr is 100x lower, not 10x
+# ... and from this spike the suggested lr is 100x lower, not 10x (Adam 200x too high:
+# a first loss 80x that of a uniform guess, and 10x lower still stays at chance).
+LR_BLOWUP_SPIKE = 30.0
 LR_HIGH_LOSS_RISE = 3.0
 LR_HIGH_ABOVE_CHANCE = 1.5
 
@@ -255,6 +261,7 @@ class _Spec:
     grad_clip: float | None = None
     precision: str | None = None
     early_stopping_patience: int | None = None
+    train_size: int | None = None
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | None) -> _Spec:
@@ -262,6 +269,7 @@ class _Spec:
             return cls()
         model = spec.get("model") or {}
         train = spec.get("train") or {}
+        data = spec.get("data") or {}
 
         def number(section: Mapping[str, Any], key: str) -> float | None:
             value = section.get(key)
@@ -294,6 +302,7 @@ class _Spec:
             grad_clip=number(train, "grad_clip"),
             precision=train.get("precision"),
             early_stopping_patience=integer(train, "early_stopping_patience"),
+            train_size=integer(data, "train_size"),
         )
 
     @property
@@ -617,6 +626,8 @@ def _acc_gap_threshold(train_acc: float) -> float:
 
 def _overfit_patch(spec: _Spec, best_epoch: int) -> dict[str, Any]:
     patch: dict[str, Any] = {}
+    if spec.train_size is not None and spec.train_size < SMALL_TRAIN_SET:
+        patch["data.train_size"] = None  # more data first: the whole training set
     if spec.dropout < 0.3:
         patch["model.dropout"] = 0.3
     elif spec.l2 < 1e-3:
@@ -1060,7 +1071,7 @@ def lr_too_high(
     if not evidence:
         return None
     strong = (progress is not None and progress.at_chance) or diverged
-    # A blow-up in the first epoch (a loss 100x that of a uniform guess, or NaN there)
+    # A blow-up in the first epoch (a loss far above that of a uniform guess, or NaN)
     # needs more than the usual tenth: the benchmark's 200x runs still blow up at 20x.
     first_epoch_nan = bool(metrics) and not _finite(metrics[0].train_loss)
     spiked = progress is not None and (progress.first_train_loss or 0.0) > (
@@ -1159,11 +1170,12 @@ def underfitting(
         evidence["last_epoch_loss_drop"] = _num(progress.last_drop)
     patch: dict[str, Any]
     if few_steps and not few_epochs and spec.batch_size and spec.batch_size > MIN_BATCH:
-        batch = max(MIN_BATCH, spec.batch_size // 8)
+        # A batch that makes TARGET_STEPS steps over the same epochs.
+        batch = max(MIN_BATCH, spec.batch_size * (steps or 1) // TARGET_STEPS)
         patch = {"train.batch_size": batch}
         remedy = f"take more optimizer steps: train.batch_size {batch} (it made only {steps})"
     elif still_falling or cut_short:
-        epochs = progress.epochs * UNDERFIT_EPOCH_FACTOR
+        epochs = max(UNDERFIT_MIN_EPOCHS, progress.epochs * UNDERFIT_EPOCH_FACTOR)
         patch = {"train.epochs": min(10_000, epochs)}
         remedy = f"train longer (train.epochs {epochs}): the loss was still falling"
     else:
