@@ -3,6 +3,13 @@
 Pure functions over plain arrays and dataclasses: no SQL, no FastAPI, no torch. The use
 case (``service.diagnosis.diagnose_job``) loads the rows and calls :func:`diagnose`.
 
+Causes (lr_too_low, lr_too_high, over_regularized, poor_initialization, degradation,
+underfitting, overfitting, saturation, dead_units) rank before the symptoms they explain
+(vanishing_gradient, exploding_gradient, divergence, not_learning): a symptom names its
+cause in ``caused_by`` (:data:`CAUSES_OF`). Every finding carries the fix as a
+``suggested_spec_patch`` of dotted spec paths. bench/diagnosis_benchmark.py measures the
+rules on injected faults beside healthy twins; most thresholds below come from it.
+
 Thresholds are named constants below, set from figures measured on MNIST-1D (README,
 "the lessons as measured"): the first/last hidden-layer gradient-norm ratio of a
 20-layer MLP is ~6e-17 with sigmoid, ~3e-7 with ReLU and PyTorch's default init, ~0.5
