@@ -8,7 +8,7 @@ rows through bounded queries and hands them to the rules.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -32,12 +32,25 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DIAGNOSIS_STATS: tuple[str, ...] = ("grad_norm", "update_ratio", "act_saturation")
+DIAGNOSIS_STATS: tuple[str, ...] = rules.DIAGNOSIS_STAT_NAMES
 DIAGNOSIS_MAX_STEPS = 2000
+# Telemetry steps read from the start of the run (poor initialisation shows there).
+DIAGNOSIS_EARLY_POINTS = 20
+
+
+def _without_epoch(row: Sequence[Any]) -> tuple[Any, ...]:
+    """(layer_index, step, epoch, *stats) -> (layer_index, step, *stats)."""
+    return (row[0], row[1], *row[3:])
+
+
+def _every_n_steps(spec: Mapping[str, Any] | None) -> int:
+    telemetry = (spec or {}).get("telemetry") or {}
+    every = telemetry.get("every_n_steps")
+    return every if isinstance(every, int) and not isinstance(every, bool) else 1
 
 
 def diagnose_job(*, session: Session, job: Job) -> list[Finding]:
-    """Findings from the job's stored rows: four bounded queries, then pure rules."""
+    """Findings from the job's stored rows: five bounded queries, then pure rules."""
     layers = [
         rules.LayerInfo(
             index=row.index,
@@ -51,11 +64,27 @@ def diagnose_job(*, session: Session, job: Job) -> list[Finding]:
     rows = telemetry_queries.list_late_layer_stats(
         session=session, job_id=job.id, stats=DIAGNOSIS_STATS, max_steps=DIAGNOSIS_MAX_STEPS
     )
+    first_nonfinite = telemetry_queries.first_nonfinite_step(session=session, job_id=job.id)
     stats = rules.LayerStats.from_rows(
         (tuple(row) for row in rows),
         names=DIAGNOSIS_STATS,
-        first_nonfinite_step=telemetry_queries.first_nonfinite_step(session=session, job_id=job.id),
+        first_nonfinite_step=first_nonfinite,
     )
+    early_stats = None
+    if job.total_steps:
+        early_rows = telemetry_queries.list_layer_stats(
+            session=session,
+            job_id=job.id,
+            stats=DIAGNOSIS_STATS,
+            to_step=rules.early_window_end(job.total_steps, _every_n_steps(job.spec)),
+            max_points=DIAGNOSIS_EARLY_POINTS,
+        )
+        # Rows are (layer_index, step, epoch, *stats): drop the epoch.
+        early_stats = rules.LayerStats.from_rows(
+            (_without_epoch(row) for row in early_rows),
+            names=DIAGNOSIS_STATS,
+            first_nonfinite_step=first_nonfinite,
+        )
     metrics = [
         rules.EpochRow(
             epoch=m.epoch,
@@ -73,6 +102,7 @@ def diagnose_job(*, session: Session, job: Job) -> list[Finding]:
         job_status=job.status,
         result=job.result,
         spec=job.spec,
+        early_stats=early_stats,
     )
 
 

@@ -117,7 +117,10 @@ def test_running_sigmoid_job_reports_vanishing_gradient(
         "evidence",
         "remedy",
         "suggested_spec_patch",
+        "caused_by",
     }
+    assert finding["suggested_spec_patch"]["model.activation"] == "relu"
+    assert finding["caused_by"] is None
     assert "kaiming" in finding["remedy"]
 
 
@@ -134,6 +137,38 @@ def test_nan_gradients_report_divergence(client: TestClient, session: Session) -
     session.commit()
     response = client.get(f"/v1/jobs/{job_id}/diagnosis")
     assert response.status_code == 200, response.text
-    finding = response.json()["findings"][0]
-    assert finding["code"] == "divergence"
-    assert finding["evidence"] == {"first_nonfinite_step": 30, "first_nonfinite_epoch": 1}
+    findings = {f["code"]: f for f in response.json()["findings"]}
+    # The cause ranks first; the symptom names it.
+    assert response.json()["findings"][0]["code"] == "lr_too_high"
+    finding = findings["divergence"]
+    assert finding["evidence"] == {
+        "first_nonfinite_step": 30,
+        "first_nonfinite_epoch": 1,
+        "caused_by": "lr_too_high",
+    }
+    assert finding["caused_by"] == "lr_too_high"
+    assert finding["suggested_spec_patch"]["train.grad_clip"] == 1.0
+
+
+def test_poor_initialization_is_read_from_the_first_steps(
+    client: TestClient, session: Session
+) -> None:
+    """The activations collapse at the first telemetry step only: the late window the
+    other rules read cannot show it, the early window the use case also reads does."""
+    job_id = _running_job(client, session)  # default init, telemetry every 10 steps
+    rows = _vanishing_rows(range(10, 110, 10))
+    for row in rows:
+        row["grad_norm"] = 0.1  # no vanishing: only the activations tell
+        if row["layer_index"] < 4:
+            collapsed = row["step"] == 10 and row["layer_index"] == 3
+            row["act_std"] = 1e-5 if collapsed else 0.3
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
+    session.commit()
+    response = client.get(f"/v1/jobs/{job_id}/diagnosis")
+    assert response.status_code == 200, response.text
+    findings = {f["code"]: f for f in response.json()["findings"]}
+    assert set(findings) == {"poor_initialization"}
+    finding = findings["poor_initialization"]
+    assert finding["layers"] == [3]
+    assert finding["evidence"]["min_act_std"] == 1e-5
+    assert finding["suggested_spec_patch"] == {"model.init": "kaiming"}  # the spec: relu

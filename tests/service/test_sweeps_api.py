@@ -192,7 +192,11 @@ def test_rows_show_each_point_with_its_result_and_findings(
     assert done["point"] == {"model.activation": "sigmoid"}
     assert done["status"] == "succeeded"
     assert done["result"]["val_acc"] == 0.4
-    assert {"code": "divergence", "severity": "critical"}.items() <= done["findings"][0].items()
+    # The cause ranks first (lr_too_high), the divergence it explains after it.
+    divergence = next(f for f in done["findings"] if f["code"] == "divergence")
+    assert divergence["severity"] == "critical"
+    assert done["findings"][0]["code"] == "lr_too_high"
+    assert "Cause: lr_too_high" in divergence["summary"]
     assert waiting == {
         "job_id": second,
         "name": "act-norm model.activation=relu",

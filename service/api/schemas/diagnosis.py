@@ -13,8 +13,10 @@ class FindingRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     code: str = Field(
-        description="vanishing_gradient, exploding_gradient, dead_units, saturation, "
-        "overfitting, divergence or not_learning.",
+        description="Causes: lr_too_low, lr_too_high, over_regularized, poor_initialization, "
+        "degradation, underfitting, overfitting, saturation, dead_units; symptoms: "
+        "vanishing_gradient, exploding_gradient, divergence, not_learning (a symptom names "
+        "its cause in caused_by).",
         examples=["vanishing_gradient"],
     )
     severity: Literal["info", "warning", "critical"]
@@ -26,10 +28,14 @@ class FindingRead(BaseModel):
     remedy: str = Field(description="Spec changes that address it.")
     suggested_spec_patch: dict[str, Any] = Field(
         default_factory=dict,
-        description="The remedy as spec changes by dotted path, e.g. "
-        '`{"model.activation": "relu", "model.init": "kaiming"}`; '
-        'POST /v1/jobs/{id}/retry-with `{"apply": "suggested"}` runs the job again with them.',
+        description="The fix as spec changes: dotted paths (e.g. model.init) and their new "
+        "values; the job's spec with them applied still validates.",
         examples=[{"model.activation": "relu", "model.init": "kaiming"}],
+    )
+    caused_by: str | None = Field(
+        None,
+        description="For a symptom, the code of the finding that explains it (listed "
+        "before it); null for a cause.",
     )
 
 
