@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi import APIRouter, Query, Response
 
 from service import telemetry
 from service.api.deps import JobDep, SessionDep
@@ -18,6 +18,8 @@ from service.api.schemas.telemetry import (
     LandscapeRead,
     LayerRead,
 )
+
+JSON = "application/json"
 
 router = APIRouter(prefix="/jobs", tags=["telemetry"])
 
@@ -71,7 +73,7 @@ def job_gradients(
     max_points: Annotated[
         int, Query(ge=2, le=10_000, description="At most this many points per layer.")
     ] = 500,
-) -> JSONResponse:
+) -> Response:
     stats, series = telemetry.gradient_series(
         session=session,
         job=job,
@@ -82,17 +84,18 @@ def job_gradients(
         max_points=max_points,
     )
     # Built as plain JSON, not validated again: a long job's answer holds 10^5 values,
-    # whose per-value validation against the documented model cost more than the read.
-    return JSONResponse(
-        {
-            "job_id": job.id,
-            "stats": stats,
-            "series": [
-                {"layer_index": s.layer_index, "name": s.name, "kind": s.kind, "points": s.points}
-                for s in series
-            ],
-        }
-    )
+    # whose per-value validation against the documented model cost more than the read;
+    # and encoded by orjson, ~10x faster than the standard library's encoder on them (the
+    # non-finite values are already the strings of service.kit.jsonnum).
+    body = {
+        "job_id": job.id,
+        "stats": stats,
+        "series": [
+            {"layer_index": s.layer_index, "name": s.name, "kind": s.kind, "points": s.points}
+            for s in series
+        ],
+    }
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
 
 @router.get(
