@@ -18,7 +18,7 @@ import math
 import statistics
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -442,7 +442,34 @@ def sweep_detail(*, session: Session, sweep: Sweep) -> SweepDetail:
         )
         for job in ordered
     ]
+    rows = _with_twin_findings(rows)
     return SweepDetail(sweep=sweep, jobs=ordered, rows=rows, points=summarize_points(rows))
+
+
+def _sweep_run(row: SweepRow) -> diagnosis.SweepRun:
+    model = (row.job.spec or {}).get("model") or {}
+    loss = (row.job.result or {}).get("train_loss")
+    return diagnosis.SweepRun(
+        job_id=row.job.id,
+        point=row.point,
+        seed=_seed_of(row.job),
+        depth=int(model.get("depth") or 0),
+        skip=bool(model.get("skip")),
+        train_loss=float(loss) if isinstance(loss, int | float) else None,
+    )
+
+
+def _with_twin_findings(rows: list[SweepRow]) -> list[SweepRow]:
+    """Rows with what only the sweep shows: a plain net degraded against its residual or
+    shallower twin (a cause: it ranks first, unless the job's own diagnosis has it)."""
+    runs = [_sweep_run(row) for row in rows if row.job.status == "succeeded"]
+    degraded = diagnosis.sweep_degradation(runs)
+    return [
+        replace(row, findings=[degraded[row.job.id], *row.findings])
+        if row.job.id in degraded and all(f.code != "degradation" for f in row.findings)
+        else row
+        for row in rows
+    ]
 
 
 @dataclass(frozen=True)

@@ -18,16 +18,18 @@ from service.db.models import Job
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.diagnosis import rules
-from service.diagnosis.rules import Finding
+from service.diagnosis.rules import Finding, SweepRun, sweep_degradation
 
 __all__ = [
     "DIAGNOSIS_MAX_STEPS",
     "DIAGNOSIS_STATS",
     "Finding",
+    "SweepRun",
     "brief",
     "diagnose_job",
     "merged_patch",
     "refresh_findings",
+    "sweep_degradation",
 ]
 
 logger = logging.getLogger(__name__)

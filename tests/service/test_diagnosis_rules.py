@@ -433,3 +433,61 @@ def test_layer_stats_from_rows_pivots_and_keeps_missing_as_nan() -> None:
     assert np.isnan(stats.column("grad_norm", 0)[1])
     assert np.isnan(stats.column("update_ratio", 1)[1])
     assert np.isnan(stats.column("act_saturation", 0)).all()
+
+
+# --- degradation across a sweep ------------------------------------------------------------
+
+
+def _run(job_id: str, loss: float, point: dict[str, Any], seed: int = 0) -> d.SweepRun:
+    return d.SweepRun(
+        job_id=job_id,
+        point=point,
+        seed=seed,
+        depth=int(point.get("model.depth", 20)),
+        skip=bool(point.get("model.skip", False)),
+        train_loss=loss,
+    )
+
+
+def test_a_plain_net_worse_than_its_residual_twin_is_degraded() -> None:
+    plain = _run("plain", 2.30, {"model.skip": False, "model.depth": 24})
+    residual = _run("residual", 1.72, {"model.skip": True, "model.depth": 24})
+    found = d.sweep_degradation([plain, residual])
+    assert set(found) == {"plain"}
+    finding = found["plain"]
+    assert finding.code == "degradation" and finding.severity == "warning"
+    assert finding.suggested_spec_patch == {"model.skip": True}
+    assert finding.evidence["twin_job_id"] == "residual"
+
+
+def test_a_deep_plain_net_worse_than_its_shallower_twin_is_degraded() -> None:
+    deep = _run("deep", 2.0, {"model.depth": 30})
+    shallow = _run("shallow", 0.9, {"model.depth": 8})
+    found = d.sweep_degradation([deep, shallow])
+    assert set(found) == {"deep"}
+    assert found["deep"].suggested_spec_patch == {"model.depth": 8}
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        # twins within seed noise
+        [_run("a", 1.80, {"model.skip": False}), _run("b", 1.72, {"model.skip": True})],
+        # not twins: they differ in another field too
+        [
+            _run("a", 2.3, {"model.skip": False, "model.activation": "sigmoid"}),
+            _run("b", 1.7, {"model.skip": True, "model.activation": "relu"}),
+        ],
+        # not twins: different seeds
+        [
+            _run("a", 2.3, {"model.skip": False}, seed=0),
+            _run("b", 1.7, {"model.skip": True}, seed=1),
+        ],
+        # the deeper net is the better one
+        [_run("a", 0.5, {"model.depth": 30}), _run("b", 1.0, {"model.depth": 8})],
+    ],
+)
+def test_no_degradation_without_a_twin_that_trains_clearly_better(
+    runs: list[d.SweepRun],
+) -> None:
+    assert d.sweep_degradation(runs) == {}

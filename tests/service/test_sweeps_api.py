@@ -209,6 +209,23 @@ def test_rows_show_each_point_with_its_result_and_findings(
     }
 
 
+def test_a_plain_point_that_trains_worse_than_its_residual_twin_shows_degradation(
+    client: TestClient, session: Session
+) -> None:
+    sweep = _create(client, grid={"model.skip": [False, True]})
+    plain, residual = (job["id"] for job in sweep["jobs"])
+    for job_id, loss in ((plain, 2.30), (residual, 1.72)):
+        job_queries.claim_job(session=session, job_id=job_id, worker="w")
+        result = {"train_loss": loss, "train_acc": 0.9, "val_loss": loss, "val_acc": 0.9}
+        job_queries.finish_job(session=session, job_id=job_id, status="succeeded", result=result)
+    session.commit()
+    rows = client.get(f"/v1/sweeps/{sweep['id']}").json()["rows"]
+    first = rows[0]["findings"][0]
+    assert first["code"] == "degradation" and "residual twin" in first["summary"]
+    assert first["suggested_spec_patch"] == {"model.skip": True}
+    assert all(f["code"] != "degradation" for f in rows[1]["findings"])
+
+
 def test_unknown_sweep_is_404(client: TestClient) -> None:
     response = client.get("/v1/sweeps/does-not-exist")
     assert response.status_code == 404
