@@ -54,6 +54,19 @@ from service.kit.processes import process_alive
 
 logger = logging.getLogger(__name__)
 
+# SQLite keeps each process's lock state in memory. A fork while another thread of this
+# process is inside a transaction hands the child a copy that says a connection of its
+# own holds the lock, one that will never finish: every write of the child then waits
+# out busy_timeout ("database is locked"), for good. Prefork replaces a dead pool child by
+# forking this process, whose reconciler thread writes every sweep; so the reconciler's
+# database work and forks exclude each other (a fork waits for the sweep's transactions).
+FORK_GUARD = threading.Lock()
+os.register_at_fork(
+    before=FORK_GUARD.acquire,
+    after_in_parent=FORK_GUARD.release,
+    after_in_child=FORK_GUARD.release,
+)
+
 # This worker process's id (worker_node.id), set before the pool forks: the children
 # inherit it and stamp it on the jobs they claim.
 WORKER_ID: str | None = None
@@ -124,7 +137,7 @@ class Reconciler:
         self._wake.set()
         self._thread.join(timeout=5)
         try:
-            with self.session_factory() as session, session.begin():
+            with FORK_GUARD, self.session_factory() as session, session.begin():
                 job_queries.forget_workers(session=session, worker_ids=[self.worker_id])
         except Exception:
             logger.warning("could not remove worker row %s", self.worker_id, exc_info=True)
@@ -140,6 +153,13 @@ class Reconciler:
             self._wake.clear()
 
     def sweep(self) -> None:
+        with FORK_GUARD:
+            to_send = self._sweep_database()
+        if to_send:
+            send_jobs(self.settings, to_send)
+
+    def _sweep_database(self) -> list[tuple[str, str]]:
+        """The sweep's database work; returns the jobs to send (sent outside the guard)."""
         self._beat()
         if self._connected_since is None:
             self._connected_since = time.monotonic()
@@ -149,13 +169,11 @@ class Reconciler:
             self.expire_leases()
         self.prune_raw_stats()
         if self.stopping.is_set():
-            return  # a stopping worker sends nothing (its consumer could take it back)
+            return []  # a stopping worker sends nothing (its consumer could take it back)
         sent_before = utcnow() - timedelta(seconds=self.settings.resend_after_s)
         with self.session_factory() as session, session.begin():
             due = job_queries.take_jobs_to_resend(session=session, sent_before=sent_before)
-            to_send = [(job.id, job.queue) for job in due]
-        if to_send:
-            send_jobs(self.settings, to_send)
+            return [(job.id, job.queue) for job in due]
 
     def prune_raw_stats(self) -> int:
         """Retention (``raw_stats_retention_days``), every ``prune_interval_s`` at most."""

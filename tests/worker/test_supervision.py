@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from service.config import Settings
 from service.db.models import Job
 from service.db.repository import jobs as job_queries
 from tests.service.conftest import make_settings, stored_job
-from worker.supervision import Reconciler
+from worker.supervision import FORK_GUARD, Reconciler
 from worker.tasks import session_factory_for
 
 
@@ -119,3 +122,42 @@ def test_jobs_never_sent_are_sent_and_a_failed_send_is_retried(
     monkeypatch.setattr(queue, "enqueue_training", lambda _s, *, job_id, queue: sent.append(job_id))
     _reconciler(settings).sweep()
     assert sent == [job_id] and _job(session, job_id).enqueued_at is not None
+
+
+def test_a_fork_waits_for_the_reconcilers_transaction(tmp_path: Path) -> None:
+    """A pool child forked while the reconciler thread is inside a SQLite transaction
+    inherited SQLite's in-memory lock state and could never write ("database is locked"
+    on every claim, seen in the chaos tests). Forks wait for the guarded database work."""
+    path = tmp_path / "fork.db"
+    with sqlite3.connect(path, isolation_level=None) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE t (x INTEGER)")
+    in_transaction = threading.Event()
+
+    def reconciler_like() -> None:
+        with FORK_GUARD:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (1)")
+            in_transaction.set()
+            time.sleep(0.5)
+            conn.execute("COMMIT")
+            conn.close()
+
+    thread = threading.Thread(target=reconciler_like)
+    thread.start()
+    in_transaction.wait()
+    pid = os.fork()  # waits for the guard
+    if pid == 0:  # the child: write, as a pool child claims its job
+        code = 1
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=2)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (2)")
+            conn.execute("COMMIT")
+            code = 0
+        finally:
+            os._exit(code)
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child could not write"
