@@ -1368,16 +1368,15 @@ def sweep_degradation(runs: Sequence[SweepRun]) -> dict[str, Finding]:
         if plain.skip or plain.train_loss is None or not math.isfinite(plain.train_loss):
             continue
         twins = [
-            t
+            (t.train_loss, t)
             for t in runs
             if _twin_of(plain, t) and t.train_loss is not None and math.isfinite(t.train_loss)
         ]
         if not twins:
             continue
-        best = min(twins, key=lambda t: t.train_loss if t.train_loss is not None else math.inf)
-        assert best.train_loss is not None
-        ratio = plain.train_loss / best.train_loss if best.train_loss > 0 else math.inf
-        gap = plain.train_loss - best.train_loss
+        best_loss, best = min(twins, key=lambda pair: pair[0])
+        ratio = plain.train_loss / best_loss if best_loss > 0 else math.inf
+        gap = plain.train_loss - best_loss
         if ratio < DEGRADATION_TWIN_LOSS_RATIO or gap < DEGRADATION_TWIN_LOSS_GAP:
             continue
         patch: dict[str, Any] = {"model.skip": True} if best.skip else {"model.depth": best.depth}
@@ -1389,12 +1388,12 @@ def sweep_degradation(runs: Sequence[SweepRun]) -> dict[str, Finding]:
             summary=(
                 f"Degradation: this plain {plain.depth}-layer net ends at train loss "
                 f"{_fmt(plain.train_loss)}, {ratio:.2f}x its {twin} twin's "
-                f"({_fmt(best.train_loss)}) in this sweep: depth without skip connections "
+                f"({_fmt(best_loss)}) in this sweep: depth without skip connections "
                 "makes it train worse, not better."
             ),
             evidence={
                 "train_loss": _num(plain.train_loss),
-                "twin_train_loss": _num(best.train_loss),
+                "twin_train_loss": _num(best_loss),
                 "ratio": _num(ratio),
                 "twin_job_id": best.job_id,
                 "depth": plain.depth,
