@@ -4,7 +4,7 @@ Never the machine's own services: each stack gets its own ``redis-server`` on a 
 (stopped, started, frozen with SIGSTOP), and reaches the machine's PostgreSQL through a
 TCP proxy of its own (:class:`TcpProxy`) that the test can cut (connections closed, new
 ones refused) or stall (bytes held, as a frozen server or network would). Intervals are
-shortened through settings (leases of 4 s, sweeps every 0.5 s), so that each scenario
+shortened through settings (leases of 6 s, sweeps every 0.5 s), so that each scenario
 takes seconds; waits are on conditions with generous deadlines, never on timings.
 """
 
@@ -50,7 +50,7 @@ PG_PORT = 5432
 # Shortened for the tests (README "Settings" has the defaults).
 CHAOS_ENV = {
     "TRAINLAB_HEARTBEAT_INTERVAL_S": "0.5",
-    "TRAINLAB_LEASE_S": "4",
+    "TRAINLAB_LEASE_S": "6",
     "TRAINLAB_RECONCILE_INTERVAL_S": "0.5",
     "TRAINLAB_RESEND_AFTER_S": "3",
     "TRAINLAB_DATABASE_CONNECT_TIMEOUT_S": "2",
