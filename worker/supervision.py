@@ -233,7 +233,18 @@ class Reconciler:
                 if outcome is not None:
                     logger.warning("job %s: %s -> %s", run.job_id, reason, outcome.status)
                     released.append(outcome)
-            job_queries.forget_workers(session=session, worker_ids=dead_workers)
+            # A dead worker's row is what lets a later sweep find its jobs by pid: keep it
+            # while one of them could not be taken back (its row was locked, e.g. by the
+            # dying pool child's last transaction), or only the lease would free that job.
+            unreleased = {
+                run.worker_id
+                for run in job_queries.list_running_attempts(
+                    session=session, worker_ids=dead_workers
+                )
+            }
+            job_queries.forget_workers(
+                session=session, worker_ids=[w for w in dead_workers if w not in unreleased]
+            )
         return released
 
     def expire_leases(self) -> list[job_queries.Released]:
