@@ -748,9 +748,8 @@ def jobs(
         params.append((key, value))
     with _api(url, api_key, data_dir) as api:
         page = api.request("GET", "/v1/jobs", params=params).json()
-        rows = [
-            (job, api.get(f"/v1/jobs/{job['id']}/diagnosis")["findings"]) for job in page["items"]
-        ]
+    # Each row carries its diagnosis in brief (kept current by the worker): no call per job.
+    rows = [(job, job["findings"]) for job in page["items"]]
     if finding:
         rows = [(job, found) for job, found in rows if any(f["code"] == finding for f in found)]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)

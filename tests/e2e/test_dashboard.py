@@ -121,12 +121,16 @@ def test_jobs_list_shows_findings_and_filters_by_them(
 ) -> None:
     for job in sweep["jobs"]:
         embedded_stack.wait_for(job["id"], {"succeeded"})
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
     page.goto(f"{embedded_stack.url}/dashboard#/jobs")
     vanishing = page.locator(f'[data-testid="job-row"][data-job-id="{sweep["jobs"][0]["id"]}"]')
     expect(vanishing.get_by_test_id("finding-chip-vanishing_gradient")).to_be_visible()
     healthy = page.locator(f'[data-testid="job-row"][data-job-id="{sweep["jobs"][3]["id"]}"]')
     expect(healthy.get_by_test_id("finding-chip-vanishing_gradient")).to_have_count(0)
     expect(healthy.get_by_test_id("finding-chip-underfitting")).to_be_visible()  # 2 epochs
+    # The rows carry their findings: the list asks for no diagnosis job by job.
+    assert not [url for url in asked if url.endswith("/diagnosis")], asked
     _shot(page, "jobs")
 
     page.get_by_test_id("finding-filter").select_option("vanishing_gradient")

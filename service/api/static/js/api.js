@@ -60,7 +60,7 @@ export async function optional(path) {
   }
 }
 
-// At most `limit` calls in flight: the job list asks for one diagnosis per job.
+// At most `limit` calls in flight: the sweep view asks for details per grid point.
 export async function mapLimit(items, limit, fn) {
   const out = new Array(items.length);
   let next = 0;

@@ -1,21 +1,8 @@
 // #/jobs: the newest jobs with status, progress, accuracy and what the diagnosis found;
 // filter by status and by finding; pick jobs to compare.
-import { api, mapLimit, POLL_MS, IDLE_POLL_MS } from "../api.js";
+import { api, POLL_MS, IDLE_POLL_MS } from "../api.js";
 import { vocab } from "../vocabulary.js";
 import { h, pct, when, statusBadge, progressBar, findingChip, healthyChip, findingLabel } from "../util.js";
-
-// A finished job's diagnosis does not change: ask once per job.
-const finishedFindings = new Map();
-const HEALTHY = "healthy";
-const ANY_PROBLEM = "any";
-
-async function findingsOf(job) {
-  if (finishedFindings.has(job.id)) return finishedFindings.get(job.id);
-  if (job.status === vocab.initial) return [];
-  const found = (await api(`/v1/jobs/${encodeURIComponent(job.id)}/diagnosis`)).findings;
-  if (!vocab.active.has(job.status)) finishedFindings.set(job.id, found);
-  return found;
-}
 
 export function renderJobs(ctx, view, params) {
   const status = params.get("status") || "";
@@ -60,7 +47,8 @@ export function renderJobs(ctx, view, params) {
     const query = new URLSearchParams({ limit: "100" });
     if (status) query.set("status", status);
     const page = await api(`/v1/jobs?${query}`);
-    const found = await mapLimit(page.items, 6, findingsOf);
+    // Each row carries its diagnosis in brief, kept current by the worker: no call per job.
+    const found = page.items.map((job) => job.findings || []);
     if (!ctx.alive) return null;
     const codes = new Set(found.flat().map((f) => f.code));
     if (finding && finding !== HEALTHY && finding !== ANY_PROBLEM) codes.add(finding);
