@@ -176,7 +176,13 @@ def prune_raw_stats(*, session: Session, settings: Settings) -> int:
     cutoff, keeping their rollup. Returns rows dropped (0 with retention unset)."""
     if settings.raw_stats_retention_days is None:
         return 0
-    cutoff = utcnow() - timedelta(days=settings.raw_stats_retention_days)
+    return prune_raw_stats_older_than(session=session, days=settings.raw_stats_retention_days)
+
+
+def prune_raw_stats_older_than(*, session: Session, days: float) -> int:
+    """Drop the raw rows of jobs finished more than ``days`` ago, keeping their rollup
+    (``trainlab prune``, and the reconciler's retention). Returns rows dropped."""
+    cutoff = utcnow() - timedelta(days=days)
     dropped = telemetry_queries.prune_raw_stats(session=session, finished_before=cutoff)
     session.commit()
     return dropped

@@ -1,4 +1,4 @@
-"""The ``trainlab`` command. Server commands (up, worker, migrate) live in ``server``,
+"""The ``trainlab`` command. Server commands (up, worker, migrate, prune) live in ``server``,
 client commands (submit, jobs, show, compare, cancel, retry, plot, status) in ``client``,
 and ``trainlab keys new`` (an API key and its settings line) in ``keys``: one module per
 side."""
@@ -22,6 +22,7 @@ COMMANDS: tuple[Callable[..., None], ...] = (
     server.up,
     server.worker,
     server.migrate,
+    server.prune,
     client.submit,
     client.jobs,
     client.show,

@@ -1,4 +1,5 @@
-"""Server commands: ``trainlab up``, ``trainlab worker``, ``trainlab migrate``.
+"""Server commands: ``trainlab up``, ``trainlab worker``, ``trainlab migrate``,
+``trainlab prune``.
 
 They never import ``worker`` or torch here: a worker is started as its own ``celery``
 process, so this process (the API) does not compete for torch's threads.
@@ -19,6 +20,7 @@ from service.stack import API_GRACE_S, WORKER_GRACE_S, Supervisor, die_with_pare
 
 HostOpt = Annotated[str, typer.Option(help="Interface the API listens on.")]
 PortOpt = Annotated[int, typer.Option(help="Port the API listens on.")]
+PRUNE_STATEMENT_TIMEOUT_S = 3600.0
 DataDirOpt = Annotated[
     Path | None,
     typer.Option(help="Embedded mode's folder (SQLite, broker, caches). [env TRAINLAB_DATA_DIR]"),
@@ -65,6 +67,49 @@ def migrate(data_dir: DataDirOpt = None) -> None:
     url = get_settings().resolved_database_url
     upgrade_database(url)
     typer.echo(f"database at head: {url.split('@')[-1]}")
+
+
+def prune(
+    older_than_days: Annotated[
+        float | None,
+        typer.Option(
+            "--older-than-days",
+            min=0,
+            help="Jobs finished this many days ago or more. "
+            "[default: TRAINLAB_RAW_STATS_RETENTION_DAYS]",
+        ),
+    ] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Drop the raw per-step statistics of old finished jobs now, as the workers'
+    retention does: their downsampled rollup, facts and epoch metrics stay, and reads
+    answer from the rollup."""
+    _set_data_dir(data_dir)
+    from service import telemetry
+    from service.config import get_settings
+    from service.db.session import DatabaseTimeouts, make_engine, make_session_factory
+
+    settings = get_settings()
+    days = older_than_days if older_than_days is not None else settings.raw_stats_retention_days
+    if days is None:
+        typer.echo(
+            "trainlab prune: say how old: --older-than-days N "
+            "(or set TRAINLAB_RAW_STATS_RETENTION_DAYS)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    # An operator's one-off: a job's millions of rows may take longer to delete than a
+    # request's statement timeout allows.
+    timeouts = DatabaseTimeouts(
+        connect_s=int(settings.database_connect_timeout_s), statement_s=PRUNE_STATEMENT_TIMEOUT_S
+    )
+    engine = make_engine(settings.resolved_database_url, timeouts=timeouts)
+    try:
+        with make_session_factory(engine)() as session:
+            dropped = telemetry.prune_raw_stats_older_than(session=session, days=days)
+    finally:
+        engine.dispose()
+    typer.echo(f"dropped {dropped:,} raw statistic rows of jobs finished over {days:g} days ago")
 
 
 def worker(

@@ -8,12 +8,15 @@ from datetime import timedelta
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from pytest import MonkeyPatch
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
 from service import telemetry
 from service.api.app import create_app
-from service.config import Settings
+from service.cli import app
+from service.config import Settings, get_settings
 from service.db.base import utcnow
 from service.db.models import (
     EpochMetric,
@@ -107,3 +110,30 @@ def test_retention_drops_old_raw_rows_and_keeps_the_rollup(
     assert point["step"] == last["step"] and point["grad_norm"] == last["grad_norm"]
     assert point["grad_norm_min"] == before["series"][0]["points"][0]["grad_norm"]
     assert client.get(f"/v1/jobs/{old}/diagnosis").status_code == 200
+
+
+def test_trainlab_prune_drops_old_raw_rows_now(
+    client: TestClient, session: Session, tmp_path: Path, db_url: str, monkeypatch: MonkeyPatch
+) -> None:
+    old, recent = recorded_job(client, session), recorded_job(client, session)
+    session.execute(
+        update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=30))
+    )
+    session.commit()
+    monkeypatch.setenv("TRAINLAB_DATABASE_URL", db_url)
+    monkeypatch.setenv("TRAINLAB_DATA_DIR", str(tmp_path))  # restored after: the CLI sets it
+    monkeypatch.delenv("TRAINLAB_RAW_STATS_RETENTION_DAYS", raising=False)
+    runner = CliRunner()
+    unsaid = runner.invoke(app, ["prune", "--data-dir", str(tmp_path)])
+    assert unsaid.exit_code == 2 and "--older-than-days" in unsaid.output
+    result = runner.invoke(app, ["prune", "--older-than-days", "7", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "dropped 25 raw statistic rows" in result.output
+    session.expire_all()
+    remaining = {key for (key,) in session.execute(select(LayerStat.job_key).distinct())}
+    keys = {job_id: key for job_id, key in session.execute(select(StatJob.job_id, StatJob.key))}
+    assert remaining == {keys[recent]}
+    assert client.get(f"/v1/jobs/{old}/gradients?layer=0").status_code == 200  # from the rollup
+    again = runner.invoke(app, ["prune", "--older-than-days", "7", "--data-dir", str(tmp_path)])
+    assert "dropped 0 raw" in again.output
+    get_settings.cache_clear()  # the next test reads its own environment
