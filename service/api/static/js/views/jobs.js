@@ -4,6 +4,9 @@ import { api, POLL_MS, IDLE_POLL_MS } from "../api.js";
 import { vocab } from "../vocabulary.js";
 import { h, pct, when, statusBadge, progressBar, findingChip, healthyChip, findingLabel } from "../util.js";
 
+const HEALTHY = "healthy";
+const ANY_PROBLEM = "any";
+
 export function renderJobs(ctx, view, params) {
   const status = params.get("status") || "";
   const finding = params.get("finding") || "";
