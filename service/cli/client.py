@@ -155,7 +155,8 @@ class Api:
                 hint = " (set TRAINLAB_API_KEY or pass --api-key)"
             prefix = f"error {response.status_code}: "
             if response.status_code == 422:
-                raise CliError(f"invalid request ({len(lines)} errors):\n" + "\n".join(lines))
+                count = f"{len(lines)} error" + ("" if len(lines) == 1 else "s")
+                raise CliError(f"invalid request ({count}):\n" + "\n".join(lines))
             raise CliError(prefix + "; ".join(lines) + hint)
         return response
 

@@ -125,6 +125,9 @@ def test_errors_are_one_clear_line(embedded_stack: Stack, tmp_path: Path) -> Non
     assert "model.depth: Input should be greater than or equal to 1" in rejected.stderr
     assert "train.optimizer: Input should be 'sgd', 'adam' or 'adamw'" in rejected.stderr
     assert "{" not in rejected.stderr  # no raw JSON
+    assert "invalid request (2 errors)" in rejected.stderr
+    one = trainlab("submit", "-", url=embedded_stack.url, stdin='{"model": {"depth": 0}}')
+    assert "invalid request (1 error):" in one.stderr
 
     unknown = trainlab("show", "0123456789abcdef0123456789abcdef", url=embedded_stack.url)
     assert unknown.returncode == 1 and "no job with id" in unknown.stderr
