@@ -1,12 +1,16 @@
 """How fast can a client poll one job? ``GET /v1/jobs/{id}`` under ``wrk -t2 -c50``.
 
-Starts one uvicorn process per (source tree, backend), as ``trainlab up`` serves the API
-(uvicorn's defaults, one process, keys off), submits one job to each, then runs rounds:
+Starts one uvicorn process per (source tree, backend), as that tree's ``trainlab up``
+serves the API (``service.cli.server.api_server_config`` where the tree has it, else
+uvicorn's defaults; one process, keys off), and one serving a bare FastAPI route that
+answers a constant (this machine's floor for the stack, same uvicorn options), submits
+one job to each, then runs rounds:
 every configuration once per round, in rotating order, so that a noisy neighbour hits all
 of them alike. Prints the median req/s and p50/p99 latency of the rounds, their spread,
 the server process's CPU time per request (all its threads, from /proc: on a shared
 machine the figure that the neighbours disturb least; 1e6 / it is the req/s the server
-would reach on one core of its own) and the ratios to the baseline tree.
+would reach on one core of its own) and the ratios to the baseline tree and to the bare
+route.
 
   200   a plain read (the full job as JSON)
   304   a read with ``If-None-Match`` set to the job's ETag (no body)
@@ -17,8 +21,8 @@ skipped there when it answers no ETag. The rate limit is raised for every server
 check still runs on each request), since 50 connections from one address are far past
 the default 1200/minute.
 
-    mkdir -p /tmp/trainlab-main && git archive df36d48 | tar -x -C /tmp/trainlab-main
-    .venv/bin/python bench/bench_polling.py --baseline /tmp/trainlab-main
+    mkdir -p /tmp/poll-base && git archive 51b1f07 | tar -x -C /tmp/poll-base
+    .venv/bin/python bench/bench_polling.py --baseline /tmp/poll-base
     .venv/bin/python bench/bench_polling.py --backends sqlite --rounds 3 --duration 5
 """
 
@@ -49,6 +53,31 @@ from service.specs import EXAMPLE_SPEC
 THIS_TREE = Path(__file__).resolve().parents[1]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 RATE_LIMIT = "100000000/minute"
+BARE = "bare"
+
+# Run in each tree's directory with the tree on PYTHONPATH: argv is the port and the tree
+# label ("bare": a FastAPI route answering a constant, no database, no middleware).
+SERVE = """
+import sys
+import uvicorn
+host, port, label = "127.0.0.1", int(sys.argv[1]), sys.argv[2]
+try:
+    from service.cli.server import api_server_config
+except ImportError:  # a tree from before it: its `trainlab up` used uvicorn's defaults
+    config = uvicorn.Config("service.api.app:create_app", factory=True, host=host, port=port)
+else:
+    config = api_server_config(host=host, port=port)
+if label == "bare":
+    from fastapi import FastAPI
+    bare = FastAPI()
+
+    @bare.get("/v1/jobs/{job_id}")
+    async def read_job(job_id: str) -> dict[str, str]:
+        return {"id": job_id, "status": "queued"}
+
+    config.app, config.factory = bare, False
+uvicorn.Server(config).run()
+"""
 
 
 @dataclass
@@ -91,15 +120,15 @@ def _start(tree: Path, label: str, backend: str, port: int, workdir: Path) -> Se
     }
     for name in ("TRAINLAB_API_KEYS", "TRAINLAB_ADMIN_KEYS", "TRAINLAB_DATABASE_URL"):
         env.pop(name, None)
-    if backend == "postgres":
+    if backend == "postgres" and label != BARE:
         env["TRAINLAB_DATABASE_URL"] = _pg_database(
             f"trainlab_bench_{uuid.uuid4().hex[:10]}", create=True
         )
     migrate = "from service.db.migrate import upgrade_database as up; "
     migrate += "from service.config import get_settings as s; up(s().resolved_database_url)"
-    subprocess.run([sys.executable, "-c", migrate], cwd=tree, env=env, check=True)
-    command = [sys.executable, "-m", "uvicorn", "service.api.app:create_app", "--factory"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    if label != BARE:
+        subprocess.run([sys.executable, "-c", migrate], cwd=tree, env=env, check=True)
+    command = [sys.executable, "-c", SERVE, str(port), label]
     process = subprocess.Popen(
         command, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -111,13 +140,16 @@ def _submit(server: Server) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            httpx.get(f"{base}/healthz", timeout=2)
+            httpx.get(f"{base}/v1/jobs/-", timeout=2)
             break
         except httpx.HTTPError:
             if time.monotonic() > deadline or server.process.poll() is not None:
                 msg = f"{server.tree}/{server.backend} server did not start"
                 raise RuntimeError(msg) from None
             time.sleep(0.3)
+    if server.tree == BARE:
+        server.job_url = f"{base}/v1/jobs/{uuid.uuid4().hex}"
+        return
     created = httpx.post(f"{base}/v1/jobs", json=EXAMPLE_SPEC, timeout=30)
     created.raise_for_status()
     server.job_url = f"{base}/v1/jobs/{created.json()['id']}"
@@ -164,6 +196,7 @@ def _servers(trees: dict[str, Path], backends: list[str]) -> Iterator[list[Serve
             for backend in backends:
                 servers.append(_start(tree, label, backend, port, workdir))
                 port += 1
+        servers.append(_start(THIS_TREE, BARE, "-", port, workdir))
         for server in servers:
             _submit(server)
         yield servers
@@ -227,9 +260,11 @@ def main() -> None:
     )
     print(
         "| tree | backend | answer | req/s | spread | p50 ms | p99 ms | server CPU us/req "
-        "| req/s per CPU-s | errors | req/s vs base 200 | CPU/req vs base 200 |"
+        "| req/s per CPU-s | errors | req/s vs base 200 | CPU/req vs base 200 "
+        "| req/s vs bare | CPU/req vs bare |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    bare = figures[(BARE, "-", "200")]
     for (tree, backend, kind), f in figures.items():
         rps = statistics.median(f.rps)
         base = figures.get(("base", backend, "200"))
@@ -239,7 +274,9 @@ def main() -> None:
         print(
             f"| {tree} | {backend} | {kind} | {rps:.0f} | {_spread(f.rps)} | "
             f"{statistics.median(f.p50_ms):.1f} | {statistics.median(f.p99_ms):.1f} | "
-            f"{cpu:.0f} | {1e6 / cpu:.0f} | {sum(f.errors)} | {ratio} | {cpu_ratio} |"
+            f"{cpu:.0f} | {1e6 / cpu:.0f} | {sum(f.errors)} | {ratio} | {cpu_ratio} | "
+            f"{rps / statistics.median(bare.rps):.2f}x | "
+            f"{cpu / statistics.median(bare.cpu_us):.2f}x |"
         )
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from service import admission, checkpoints, queue, quotas, search
 from service.config import Settings
@@ -23,7 +24,6 @@ from service.db.models import Job
 from service.db.repository import datasets as dataset_queries
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
-from service.db.session import autocommit_session
 from service.errors import (
     CheckpointNotFound,
     IdempotencyConflict,
@@ -183,13 +183,12 @@ def get_job(*, session: Session, job_id: str, principal: Principal) -> Job:
     return job
 
 
-def read_job(
-    *, session_factory: sessionmaker[Session], job_id: str, principal: Principal
-) -> dict[str, Any]:
-    """The columns a job read shows, for status polling: one narrow SELECT outside any
-    transaction (one round trip on PostgreSQL); another owner's job is a 404."""
-    with autocommit_session(session_factory) as session:
-        row = job_queries.read_job(session=session, job_id=job_id, owner=principal.scope)
+def read_job(*, engine: Engine, job_id: str, principal: Principal) -> dict[str, Any]:
+    """The columns a job read shows, for status polling: one narrow SELECT on a pooled
+    connection of ``engine`` (``session.reading_engine``: outside any transaction, one
+    round trip on PostgreSQL); another owner's job is a 404."""
+    with engine.connect() as connection:
+        row = job_queries.read_job(connection=connection, job_id=job_id, owner=principal.scope)
     if row is None:
         raise JobNotFound(job_id)
     return dict(row._mapping)

@@ -7,14 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import QueuePool
 
-from service.api.deps import get_principal
+from service.api.deps import DatabaseReads, get_principal
 from service.api.metrics import JobCountCollector, QueueAndRunCollector
 from service.api.middleware import BodyLimitMiddleware, InputGuardMiddleware, MetricsMiddleware
 from service.api.routes import (
@@ -33,13 +36,17 @@ from service.api.routes import jobs as job_routes
 from service.api.routes import sweeps as sweep_routes
 from service.api.schemas.common import error_responses
 from service.config import Settings, get_settings
-from service.db.session import engine_for, make_session_factory
+from service.db.session import engine_for, make_session_factory, reading_engine
 from service.errors import DatabaseUnavailable, ServiceError
 from service.kit import text
 from service.kit.jsonnum import json_safe
 from service.quotas import RequestLimits
 
 logger = logging.getLogger(__name__)
+
+# Reads at once in worker threads where the pool keeps no fixed number of connections
+# (a single-connection SQLite pool in tests, NullPool).
+DEFAULT_READ_THREADS = 5
 
 # What a database outage raises: refused, cut, timed out, no pool connection in time.
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
@@ -136,6 +143,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage_url=settings.rate_limit_storage_url,
     )
     app.state.session_factory = make_session_factory(engine)
+    app.state.database_reads = DatabaseReads(
+        reading_engine(engine), anyio.CapacityLimiter(_pooled_connections(engine))
+    )
     registry = CollectorRegistry()
     registry.register(JobCountCollector(app.state.session_factory))
     registry.register(QueueAndRunCollector(app.state.session_factory))
@@ -161,6 +171,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware, registry=registry)
     return app
+
+
+def _pooled_connections(engine: Engine) -> int:
+    """How many connections ``engine``'s pool keeps open between requests."""
+    pool = engine.pool
+    return pool.size() if isinstance(pool, QueuePool) else DEFAULT_READ_THREADS
 
 
 def _to_dashboard() -> RedirectResponse:

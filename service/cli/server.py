@@ -143,6 +143,14 @@ def up(
         float,
         typer.Option(min=0, help="Seconds a stopping worker gets to finish its job, then killed."),
     ] = WORKER_GRACE_S,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            help="Log a line per request (uvicorn's access log). Off by default: at a "
+            "polling dashboard's rate it floods the terminal and costs a tenth of a job "
+            "read's CPU; /metrics counts requests by route and status."
+        ),
+    ] = False,
 ) -> None:
     """Run the API and one real Celery worker process: no servers to install.
 
@@ -160,14 +168,7 @@ def up(
     # Through `trainlab worker`, which ties the worker's life to this process's.
     worker_command = [sys.executable, "-m", "service.cli", "worker", "--queues", queues]
     worker_command += ["--parent-pid", str(os.getpid())]
-    server_config = uvicorn.Config(
-        "service.api.app:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        # Open event streams (the dashboard's) must not hold a stop up forever.
-        timeout_graceful_shutdown=API_GRACE_S,
-    )
+    server_config = api_server_config(host=host, port=port, access_log=access_log)
     supervisor = Supervisor(
         server_config=server_config, worker_command=worker_command, worker_grace_s=worker_grace
     )
@@ -187,6 +188,23 @@ def up(
             url_file.unlink()
     typer.echo(f"stopped; data kept in {settings.data_dir}")
     raise typer.Exit(code)
+
+
+def api_server_config(*, host: str, port: int, access_log: bool = False) -> uvicorn.Config:
+    """How ``trainlab up`` serves the API (bench/bench_polling.py serves it so too)."""
+    return uvicorn.Config(
+        "service.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        # "auto": httptools and uvloop, which uvicorn[standard] installs (pyproject.toml),
+        # where the platform has them; pure-Python h11 and asyncio's loop elsewhere.
+        http="auto",
+        loop="auto",
+        access_log=access_log,
+        # Open event streams (the dashboard's) must not hold a stop up forever.
+        timeout_graceful_shutdown=API_GRACE_S,
+    )
 
 
 def _client_host(host: str) -> str:

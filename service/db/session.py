@@ -110,10 +110,15 @@ class Watchdog:
         """Arm a deadline around one call; the value says afterwards whether it was cut."""
         self._ensure_started()
         token, armed = next(self._tokens), _Armed(os.dup(fd))
+        deadline = time.monotonic() + seconds
         with self._cond:
             self._armed[token] = armed
-            heapq.heappush(self._deadlines, (time.monotonic() + seconds, token))
-            self._cond.notify()
+            # The watchdog sleeps until the earliest deadline it holds, so only an earlier
+            # one needs to wake it. Deadlines mostly come in order; waking it for each
+            # call was a thread switch per call (three per job read on PostgreSQL).
+            if not self._deadlines or deadline < self._deadlines[0][0]:
+                self._cond.notify()
+            heapq.heappush(self._deadlines, (deadline, token))
         try:
             yield armed
         finally:
@@ -305,17 +310,16 @@ class QuietCloseSession(Session):
                 self.invalidate()
 
 
-@contextlib.contextmanager
-def autocommit_session(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session without a transaction around its statements, for a read whose every
-    statement is consistent on its own; it must not write. On PostgreSQL a one-row read
-    is then one round trip (no BEGIN before it, no ROLLBACK after). SQLite's driver
-    opens no transaction for a SELECT anyway, and switching its isolation level back and
-    forth would cost more than it saves, so there it is a plain session."""
-    with factory() as session:
-        if session.get_bind().dialect.name == "postgresql":
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        yield session
+def reading_engine(engine: Engine) -> Engine:
+    """``engine`` for reads whose every statement is consistent on its own, made on bare
+    connections (``with engine.connect()``); they must not write. On PostgreSQL its
+    connections run outside a transaction (AUTOCOMMIT, same pool), so a one-row read is
+    one round trip: no BEGIN before it, no ROLLBACK after. SQLite's driver opens no
+    transaction for a SELECT anyway, and switching its isolation level back and forth
+    would cost more than it saves, so there it is ``engine`` itself."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -3,15 +3,20 @@ while nothing changed, and the fast read path keeps the key, owner and rate chec
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
+import httpx
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from service.api import conditional
 from service.api.app import create_app
+from service.config import Settings
 from service.db.repository import jobs as job_queries
-from tests.service.conftest import make_settings
+from tests.service.conftest import make_settings, stored_job
 from tests.service.test_tenants_api import A, B, sha256_entry
 
 SPEC = {"name": "polled"}
@@ -72,7 +77,7 @@ def test_the_fast_read_keeps_key_owner_and_rate_checks(tmp_path: Path, db_url: s
         tmp_path,
         db_url,
         api_keys=[sha256_entry(A["X-API-Key"]), sha256_entry(B["X-API-Key"])],
-        rate_limit="4/minute",
+        rate_limit="4/hour",  # per hour: see test_request_rate_is_limited_per_key...
     )
     with TestClient(create_app(settings)) as client:
         job_id = _job(client, **A)  # 1st request of A
@@ -99,3 +104,37 @@ def test_a_job_list_has_an_etag_too(client: TestClient) -> None:
     _job(client)  # a new job changes the page
     changed = client.get("/v1/jobs?limit=5", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and len(changed.json()["items"]) == 2
+
+
+def test_concurrent_reads_hold_no_more_connections_than_the_pool_keeps(
+    settings: Settings, session: Session
+) -> None:
+    # 50 pollers once reached for up to 40 connections at a time (one per thread of the
+    # pool anyio keeps): the pool opened one past its five for each read and closed it
+    # after. Each checkout here is held 20 ms, so that the reads overlap.
+    job_id = stored_job(session)
+    app = create_app(settings)
+    pool = app.state.database_reads.engine.pool
+    checked_out, most = 0, 0
+
+    def on_checkout(*_: object) -> None:
+        nonlocal checked_out, most
+        checked_out += 1
+        most = max(most, checked_out)
+        time.sleep(0.02)
+
+    def on_checkin(*_: object) -> None:
+        nonlocal checked_out
+        checked_out -= 1
+
+    event.listen(pool, "checkout", on_checkout)
+    event.listen(pool, "checkin", on_checkin)
+
+    async def poll() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answers = await asyncio.gather(*(client.get(f"/v1/jobs/{job_id}") for _ in range(30)))
+        return [answer.status_code for answer in answers]
+
+    assert asyncio.run(poll()) == [200] * 30
+    assert 1 <= most <= pool.size()

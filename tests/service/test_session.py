@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -163,3 +164,23 @@ def test_an_idle_connection_that_died_is_replaced_before_use(
         assert pings
     finally:
         engine.dispose()
+
+
+def test_a_later_deadline_is_kept_while_the_watchdog_sleeps_on_an_earlier_one() -> None:
+    # A guard whose deadline is later than one the watchdog already holds does not wake
+    # it: the watchdog must still cut it once it wakes for the earlier (here disarmed)
+    # one and finds the later one next.
+    watchdog = session_module.Watchdog()
+    early_a, early_b = socket.socketpair()
+    late_a, late_b = socket.socketpair()
+    with contextlib.ExitStack() as sockets:
+        for sock in (early_a, early_b, late_a, late_b):
+            sockets.enter_context(sock)
+        with watchdog.guard(early_a.fileno(), 0.3) as early:
+            pass  # disarmed at once; its deadline stays in the heap until it passes
+        started = time.monotonic()
+        with watchdog.guard(late_a.fileno(), 0.6) as late:
+            late_a.settimeout(HANG_BOUND_S)
+            assert late_a.recv(1) == b""  # the cut ends the wait: end of stream
+        assert late.cut and not early.cut
+        assert 0.5 <= time.monotonic() - started < HANG_BOUND_S

@@ -5,19 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from service import jobs
 from service.api import conditional
 from service.api.deps import (
+    DatabaseReadsDep,
     IdempotencyKeyDep,
     IfNoneMatchDep,
     JobDep,
     JobIdPath,
     PrincipalDep,
     SessionDep,
-    SessionFactoryDep,
     SettingsDep,
 )
 from service.api.schemas.common import Page, error_responses
@@ -155,12 +154,12 @@ def list_jobs(
 async def get_job(
     job_id: JobIdPath,
     principal: PrincipalDep,
-    session_factory: SessionFactoryDep,
+    reads: DatabaseReadsDep,
     if_none_match: IfNoneMatchDep = None,
 ) -> Response:
     # One hand-off to a worker thread for the whole read (the database call).
-    columns = await run_in_threadpool(
-        jobs.read_job, session_factory=session_factory, job_id=job_id, principal=principal
+    columns = await reads.run(
+        jobs.read_job, engine=reads.engine, job_id=job_id, principal=principal
     )
     return conditional.json_response(job_read_of_columns(columns), if_none_match)
 
