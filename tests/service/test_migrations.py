@@ -32,6 +32,7 @@ TABLES = {
     "worker_node",
     "stat_job",
     "layer_stat_rollup",
+    "job_field",
 }
 
 
