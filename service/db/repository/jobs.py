@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONPATH
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.db.base import utcnow
 from service.db.models import JOB_FIELD_STRING_MAX, Job, JobField, JobTag, WorkerNode
@@ -735,9 +735,10 @@ def _field_column(ref: FieldRef) -> Any:
 
 def _selective_matches(session: Session, owner: str, field_filter: FieldFilter) -> list[str] | None:
     """The ids of the jobs a range filter on a number matches, read from the field index,
-    when they are fewer than SELECTIVE_MATCHES; else None."""
+    when they are fewer than SELECTIVE_MATCHES; else None. Counted first: most ranges
+    are not selective, and their ids are not worth sending."""
     column = JobField.number
-    stmt = (
+    matches = (
         select(JobField.job_id)
         .where(
             JobField.owner == owner,
@@ -747,15 +748,18 @@ def _selective_matches(session: Session, owner: str, field_filter: FieldFilter) 
         )
         .limit(SELECTIVE_MATCHES)
     )
-    ids = list(session.scalars(stmt))
-    return ids if len(ids) < SELECTIVE_MATCHES else None
+    counted = session.scalar(select(func.count()).select_from(matches.subquery()))
+    if counted is None or counted >= SELECTIVE_MATCHES:
+        return None
+    return list(session.scalars(matches))
 
 
 def _filter_conditions(
     session: Session, owner: str | None, filters: Sequence[FieldFilter], dialect: str
 ) -> list[ColumnElement[bool]]:
-    """A range filter on a number that the field index finds selective becomes a list of
-    ids; the others read the job's document (equalities through its GIN index)."""
+    """For a page in creation order: a range filter on a number that the field index
+    finds selective becomes a list of ids; the others read the job's document
+    (equalities through its GIN index, ranges while walking the jobs in page order)."""
     conditions: list[ColumnElement[bool]] = []
     for field_filter in filters:
         ranged = field_filter.op in _RANGE_OPS and field_filter.field.kind == "number"
@@ -767,28 +771,66 @@ def _filter_conditions(
     return conditions
 
 
+def _has_field_value(field_filter: FieldFilter, job_id: Any) -> ColumnElement[bool] | None:
+    """The filter as a look-up of the job's ``job_field`` row (its primary key), or None
+    where that row cannot tell (booleans, nulls)."""
+    column_name = {"number": "number", "string": "string"}.get(field_filter.field.kind)
+    if column_name is None or field_filter.value is None:
+        return None
+    row = aliased(JobField)
+    column = getattr(row, column_name)
+    return exists().where(
+        row.job_id == job_id,
+        row.path == _field_name(field_filter.field),
+        column.is_not(None),
+        _SQL_OPS[field_filter.op](column, field_filter.value),
+    )
+
+
+def _filter_on_job(field_filter: FieldFilter, job_id: Any, dialect: str) -> ColumnElement[bool]:
+    looked_up = _has_field_value(field_filter, job_id)
+    return looked_up if looked_up is not None else _field_condition(field_filter, dialect)
+
+
 def _ids_by_field(
     session: Session,
     *,
     owner: str,
-    conditions: Sequence[ColumnElement[bool]],
+    job_conditions: Sequence[ColumnElement[bool]],
+    filters: Sequence[FieldFilter],
     path: str,
     column: Any,
     descending: bool,
     after: Position | None,
     limit: int,
+    dialect: str,
 ) -> list[str]:
     """A page of job ids in the order of a field (its ``job_field`` path and value
     column), from the field index: the jobs with the field by (value, id), then those
-    without it by id."""
+    without it by id. Filters on numbers and strings look up each candidate's
+    ``job_field`` row, so that the walk in index order stops after a page (a filter on
+    the document would be guessed selective by the planner, which then joins every
+    matching job and sorts)."""
+    selected: list[list[str] | None] = []
+    for field_filter in filters:
+        ranged = field_filter.op in _RANGE_OPS and field_filter.field.kind == "number"
+        selected.append(_selective_matches(session, owner, field_filter) if ranged else None)
     ids: list[str] = []
     if after is None or after.key is not None:
-        valued = (
-            select(JobField.job_id)
-            .join(Job, Job.id == JobField.job_id)
-            .where(JobField.owner == owner, JobField.path == path, column.is_not(None))
-            .where(*conditions)
+        valued = select(JobField.job_id).where(
+            JobField.owner == owner, JobField.path == path, column.is_not(None)
         )
+        document_conditions = list(job_conditions)
+        for field_filter, selected_ids in zip(filters, selected, strict=True):
+            looked_up = _has_field_value(field_filter, JobField.job_id)
+            if selected_ids is not None:
+                valued = valued.where(JobField.job_id.in_(selected_ids))
+            elif looked_up is not None:
+                valued = valued.where(looked_up)
+            else:
+                document_conditions.append(_field_condition(field_filter, dialect))
+        if document_conditions:
+            valued = valued.join(Job, Job.id == JobField.job_id).where(*document_conditions)
         key = tuple_(column, JobField.job_id)
         if after is not None:
             beyond = (after.key, after.id)
@@ -799,7 +841,13 @@ def _ids_by_field(
         has_field = exists().where(
             JobField.job_id == Job.id, JobField.path == path, column.is_not(None)
         )
-        missing = select(Job.id).where(*conditions, ~has_field)
+        matched = [
+            Job.id.in_(selected_ids)
+            if selected_ids is not None
+            else _filter_on_job(field_filter, Job.id, dialect)
+            for field_filter, selected_ids in zip(filters, selected, strict=True)
+        ]
+        missing = select(Job.id).where(Job.owner == owner, *job_conditions, *matched, ~has_field)
         if after is not None and after.key is None:
             missing = missing.where(Job.id < after.id if descending else Job.id > after.id)
         by_id = Job.id.desc() if descending else Job.id.asc()
@@ -831,8 +879,6 @@ def list_jobs(
     the documents. Both answer the same."""
     dialect = session.get_bind().dialect.name
     conditions: list[ColumnElement[bool]] = []
-    if owner is not None:
-        conditions.append(Job.owner == owner)
     if statuses:
         conditions.append(Job.status.in_(statuses))
     if tag is not None:
@@ -843,8 +889,26 @@ def list_jobs(
         conditions.append(Job.sweep_id == sweep_id)
     if parent_id is not None:
         conditions.append(Job.parent_id == parent_id)
-    conditions += _filter_conditions(session, owner, filters, dialect)
     sort = sort or SortKey(field=None, descending=newest_first)
+    column = _field_column(sort.field) if sort.field is not None else None
+    if owner is not None and sort.field is not None and column is not None:
+        ids = _ids_by_field(
+            session,
+            owner=owner,
+            job_conditions=conditions,
+            filters=filters,
+            path=_field_name(sort.field),
+            column=column,
+            descending=sort.descending,
+            after=after,
+            limit=limit,
+            dialect=dialect,
+        )
+        found = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+        return [found[job_id] for job_id in ids]
+    if owner is not None:
+        conditions.append(Job.owner == owner)
+    conditions += _filter_conditions(session, owner, filters, dialect)
     stmt = select(Job).where(*conditions)
     if sort.field is None:
         key: Any = Job.created_at
@@ -854,20 +918,6 @@ def list_jobs(
             )
         order = keyset.order(key=key, row_id=Job.id, descending=sort.descending)
         return session.scalars(stmt.order_by(*order).limit(limit)).all()
-    column = _field_column(sort.field)
-    if owner is not None and column is not None:
-        ids = _ids_by_field(
-            session,
-            owner=owner,
-            conditions=conditions,
-            path=_field_name(sort.field),
-            column=column,
-            descending=sort.descending,
-            after=after,
-            limit=limit,
-        )
-        found = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
-        return [found[job_id] for job_id in ids]
     key = _sort_expression(sort.field, dialect)
     if after is not None:
         stmt = stmt.where(
