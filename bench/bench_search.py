@@ -42,6 +42,7 @@ from service.db.models import Job, JobField
 from service.db.repository import jobs as job_queries
 from service.db.session import make_engine, make_session_factory
 from service.keys import ANONYMOUS
+from service.kit.pagination import Position
 from service.specs import ExperimentSpec
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -142,7 +143,10 @@ CASES: dict[str, tuple[list[str], str]] = {
     "sort (string)  -model.activation": ([], "-model.activation"),
     "filter + sort  train.lr>=0.01, -result.val_acc": (["train.lr>=0.01"], "-result.val_acc"),
     "rare + sort    result.val_acc>0.999, -train.lr": (["result.val_acc>0.999"], "-train.lr"),
+    # After the largest lr: only jobs without one would be left (there are none).
+    "last page      train.lr": ([], "train.lr"),
 }
+LAST_PAGE = Position(key=max(LRS), id="f" * 32)
 
 
 @contextlib.contextmanager
@@ -156,24 +160,25 @@ def _documents_only() -> Iterator[None]:
         yield
 
 
-def _page(session: Session, filters: Sequence[str], sort: str) -> list[str]:
+def _page(session: Session, filters: Sequence[str], sort: str, after: Position | None) -> list[str]:
     parsed = [search.parse_filter(f, loc=("query", "where")) for f in filters]
     rows = job_queries.list_jobs(
         session=session,
         owner=ANONYMOUS,
         filters=parsed,
         sort=search.parse_sort(sort),
+        after=after,
         limit=PAGE,
     )
     return [job.id for job in rows]
 
 
 def _timed(
-    session: Session, filters: Sequence[str], sort: str, *, indexed: bool
+    session: Session, name: str, filters: Sequence[str], sort: str, *, indexed: bool
 ) -> tuple[float, list[str]]:
     with contextlib.nullcontext() if indexed else _documents_only():
         started = time.perf_counter()
-        ids = _page(session, filters, sort)
+        ids = _page(session, filters, sort, LAST_PAGE if name.startswith("last page") else None)
         elapsed = (time.perf_counter() - started) * 1000
     session.rollback()
     return elapsed, ids
@@ -193,12 +198,12 @@ def _run(url: str, n: int, rounds: int) -> None:
         for name, (filters, sort) in CASES.items():
             documents_ms, indexed_ms = [], []
             with factory() as session:
-                _timed(session, filters, sort, indexed=True)  # warm the statement caches
-                _timed(session, filters, sort, indexed=False)
+                _timed(session, name, filters, sort, indexed=True)  # warm the statement caches
+                _timed(session, name, filters, sort, indexed=False)
                 for _ in range(rounds):
-                    ms, found_indexed = _timed(session, filters, sort, indexed=True)
+                    ms, found_indexed = _timed(session, name, filters, sort, indexed=True)
                     indexed_ms.append(ms)
-                    ms, found_documents = _timed(session, filters, sort, indexed=False)
+                    ms, found_documents = _timed(session, name, filters, sort, indexed=False)
                     documents_ms.append(ms)
             assert found_indexed == found_documents, name
             documents_p50, indexed_p50 = (

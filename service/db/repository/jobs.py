@@ -839,7 +839,10 @@ def _ids_by_field(
         ids = list(session.scalars(valued.order_by(*order).limit(limit)))
     if len(ids) < limit:
         has_field = exists().where(
-            JobField.job_id == Job.id, JobField.path == path, column.is_not(None)
+            JobField.job_id == Job.id,
+            JobField.owner == owner,
+            JobField.path == path,
+            column.is_not(None),
         )
         matched = [
             Job.id.in_(selected_ids)
@@ -850,8 +853,13 @@ def _ids_by_field(
         missing = select(Job.id).where(Job.owner == owner, *job_conditions, *matched, ~has_field)
         if after is not None and after.key is None:
             missing = missing.where(Job.id < after.id if descending else Job.id > after.id)
-        by_id = Job.id.desc() if descending else Job.id.asc()
-        ids += session.scalars(missing.order_by(by_id).limit(limit - len(ids)))
+        # OFFSET 0 keeps the planner from walking the jobs by id and looking up each
+        # one's field (every job, when few lack it): it anti-joins the owner's job ids
+        # with the field index's, then sorts what is left.
+        without = missing.offset(0).subquery()
+        by_id = without.c.id.desc() if descending else without.c.id.asc()
+        tail = select(without.c.id).order_by(by_id).limit(limit - len(ids))
+        ids += session.scalars(tail)
     return ids
 
 
