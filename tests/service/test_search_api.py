@@ -311,3 +311,11 @@ def test_indexed_searches_never_list_another_owners_jobs(
         assert theirs.id not in _every_page(session, ANONYMOUS, filters, sort)
     assert _every_page(session, "alice", ["result.val_acc>0.9"], "-train.lr") == [theirs.id]
     assert _every_page(session, "alice", [], "-result.val_acc") == [theirs.id]
+
+
+def test_a_deleted_job_takes_its_field_rows_along(session: Session, searched: list[str]) -> None:
+    job_queries.delete_job(session=session, job_id=searched[0])
+    session.commit()
+    left = session.scalars(select(JobField.job_id).where(JobField.job_id == searched[0])).all()
+    assert left == []
+    assert searched[0] not in _every_page(session, ANONYMOUS, [], "-train.lr")
