@@ -838,11 +838,8 @@ def _ids_by_field(
         order = (column.desc(), JobField.job_id.desc()) if descending else (column, JobField.job_id)
         ids = list(session.scalars(valued.order_by(*order).limit(limit)))
     if len(ids) < limit:
-        has_field = exists().where(
-            JobField.job_id == Job.id,
-            JobField.owner == owner,
-            JobField.path == path,
-            column.is_not(None),
+        with_field = select(JobField.job_id).where(
+            JobField.owner == owner, JobField.path == path, column.is_not(None)
         )
         matched = [
             Job.id.in_(selected_ids)
@@ -850,12 +847,15 @@ def _ids_by_field(
             else _filter_on_job(field_filter, Job.id, dialect)
             for field_filter, selected_ids in zip(filters, selected, strict=True)
         ]
-        missing = select(Job.id).where(Job.owner == owner, *job_conditions, *matched, ~has_field)
+        missing = select(Job.id).where(
+            Job.owner == owner, *job_conditions, *matched, Job.id.not_in(with_field)
+        )
         if after is not None and after.key is None:
             missing = missing.where(Job.id < after.id if descending else Job.id > after.id)
-        # OFFSET 0 keeps the planner from walking the jobs by id and looking up each
-        # one's field (every job, when few lack it): it anti-joins the owner's job ids
-        # with the field index's, then sorts what is left.
+        # The ids with the field are read once from the field index (a hash on
+        # PostgreSQL, a temporary index on SQLite); OFFSET 0 keeps the planner from
+        # walking the jobs by id instead and looking up each one (every job, when few
+        # lack the field): the owner's jobs are filtered, then what is left is sorted.
         without = missing.offset(0).subquery()
         by_id = without.c.id.desc() if descending else without.c.id.asc()
         tail = select(without.c.id).order_by(by_id).limit(limit - len(ids))
