@@ -882,9 +882,11 @@ def list_jobs(
     (``newest_first``); ``after`` is the last row of the previous page. ``owner`` None
     lists every owner's jobs (an admin's view).
 
-    One owner's range filters and sorts on numbers and strings read ``job_field``
-    (indexed by owner, field and value); an admin's view, booleans and equalities read
-    the documents. Both answer the same."""
+    One owner's sorts on a number or string field walk ``job_field`` (indexed by owner,
+    field and value), their filters on numbers and strings looking up its rows; in
+    creation order, a range filter on a number that matches few jobs is read from it.
+    Equalities in creation order, booleans, nulls and an admin's view read the JSONB
+    documents. Both answer the same (tests/service/test_search_api.py compares them)."""
     dialect = session.get_bind().dialect.name
     conditions: list[ColumnElement[bool]] = []
     if statuses:
