@@ -9,6 +9,12 @@ of ``RESULT_FIELDS``. Numbers compare with every operator; strings and booleans 
 
 ``sort`` is ``created_at`` or any such field, ``-`` first for descending; jobs without
 the field come last either way, and the cursor of a page holds its sort key.
+
+How they run (``repository.jobs.list_jobs``): every number and string of a job's spec
+and result is also a ``job_field`` row, indexed by (owner, field, value, job id). One
+owner's sorts on a number or string walk that index; range filters on a number that
+match few jobs are read from it; equalities, booleans and an admin's view read the
+JSONB documents (GIN indexes on PostgreSQL). Both paths answer the same.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -62,6 +63,9 @@ LAYER_STAT_COLUMNS: tuple[str, ...] = (
     "act_dead_frac",
 )
 
+
+# The longest string a job_field row keeps (a spec's name is at most this long).
+JOB_FIELD_STRING_MAX = 200
 
 # A document filtered and sorted on by its fields: JSONB on PostgreSQL (binary, indexable).
 JSON_DOCUMENT = JSON().with_variant(JSONB(), "postgresql")
@@ -201,6 +205,45 @@ class JobTag(Base):
 
     job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
     tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class JobField(Base):
+    """One scalar of a job's spec or result, by the name search gives it (``train.lr``,
+    ``result.val_acc``): written when the job is created and when its result is stored,
+    so that range filters and sorts on any field read one ordered index instead of every
+    job's document. Numbers (not booleans, not NaN: it is stored as "NaN") go in
+    ``number``, strings of up to ``JOB_FIELD_STRING_MAX`` characters in ``string``; other
+    values (booleans, nulls, lists) are not kept: equality filters serve them."""
+
+    __tablename__ = "job_field"
+    __table_args__ = (
+        # Partial: each row has one of the two values, and sits in that value's index.
+        Index(
+            "ix_job_field_owner_path_number_job_id",
+            "owner",
+            "path",
+            "number",
+            "job_id",
+            postgresql_where=text("number IS NOT NULL"),
+            sqlite_where=text("number IS NOT NULL"),
+        ),
+        Index(
+            "ix_job_field_owner_path_string_job_id",
+            "owner",
+            "path",
+            "string",
+            "job_id",
+            postgresql_where=text("string IS NOT NULL"),
+            sqlite_where=text("string IS NOT NULL"),
+        ),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(32), _job_fk(), primary_key=True)
+    path: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # The job's owner, copied: every search is one owner's, and leads its index.
+    owner: Mapped[str] = mapped_column(String(64))
+    number: Mapped[float | None] = mapped_column(Double, nullable=True)
+    string: Mapped[str | None] = mapped_column(String(JOB_FIELD_STRING_MAX), nullable=True)
 
 
 class EpochMetric(Base):

@@ -32,6 +32,7 @@ TABLES = {
     "worker_node",
     "stat_job",
     "layer_stat_rollup",
+    "job_field",
 }
 
 
@@ -273,4 +274,59 @@ def test_statistics_move_to_integer_keys_and_a_rollup(empty_db: str) -> None:
             text("SELECT job_id, grad_norm FROM layer_stat WHERE step = 7 AND layer_index = 0")
         ).one()
         assert tuple(back) == ("j1", 7.0)
+    engine.dispose()
+
+
+def test_job_fields_are_backfilled_from_specs_and_results(empty_db: str) -> None:
+    """0011: every existing job gets a job_field row per number and string of its spec
+    and result (NaN, booleans and nulls none); downgrading drops the table."""
+    upgrade_database(empty_db, "0010")
+    now = datetime.now(UTC)
+    engine = make_engine(empty_db)
+    insert_job = text(
+        "INSERT INTO job (id, owner, name, tags, status, spec, queue, epoch, epochs, step, "
+        "total_steps, created_at, cancel_requested, result) VALUES (:id, :owner, '', '[]', "
+        "'succeeded', :spec, 'cpu', 0, 1, 0, 0, :now, :false, :result)"
+    )
+    spec = {"name": "a", "train": {"lr": 0.01, "nesterov": False, "grad_clip": None}}
+    result = {"val_acc": "NaN", "steps": 240, "device": "cpu", "landscape": {"dims": 1}}
+    with engine.begin() as conn:
+        conn.execute(
+            insert_job,
+            {
+                "id": "j1",
+                "owner": "alice",
+                "spec": json.dumps(spec),
+                "now": now,
+                "false": False,
+                "result": json.dumps(result),
+            },
+        )
+        conn.execute(
+            insert_job,
+            {
+                "id": "j2",
+                "owner": "bob",
+                "spec": json.dumps({"train": {"lr": 0.1}}),
+                "now": now,
+                "false": False,
+                "result": None,
+            },
+        )
+    upgrade_database(empty_db)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT job_id, owner, path, number, string FROM job_field ORDER BY job_id, path")
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("j1", "alice", "name", None, "a"),
+        ("j1", "alice", "result.device", None, "cpu"),
+        ("j1", "alice", "result.landscape.dims", 1.0, None),
+        ("j1", "alice", "result.steps", 240.0, None),
+        ("j1", "alice", "result.val_acc", None, "NaN"),
+        ("j1", "alice", "train.lr", 0.01, None),
+        ("j2", "bob", "train.lr", 0.1, None),
+    ]
+    downgrade_database(empty_db, "0010")
+    assert "job_field" not in _tables(empty_db)
     engine.dispose()

@@ -9,11 +9,15 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from service import search
+from service.db.models import JobField
 from service.db.repository import jobs as job_queries
 from service.db.repository import sweeps as sweep_queries
 from service.keys import ANONYMOUS
+from service.kit.pagination import Position
 from service.specs import ExperimentSpec
 
 # (lr, depth, activation, val_acc or None: not finished; "nan": diverged)
@@ -209,3 +213,109 @@ def test_a_cursor_of_one_sort_is_refused_by_another(
     response = client.get(f"/v1/jobs?limit=1&sort=-result.val_acc&cursor={cursor}")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "cursor"]
+
+
+# --- the field index (job_field) against the documents -------------------------------
+
+INDEXED_SEARCHES: list[tuple[list[str], str]] = [
+    (["train.lr>=0.01"], "-created_at"),
+    (["result.val_acc>0.9"], "created_at"),
+    (["result.val_acc<=0.91", "model.depth>2"], "-created_at"),
+    ([], "-result.val_acc"),
+    ([], "result.val_acc"),
+    ([], "-train.lr"),
+    ([], "model.activation"),
+    (["train.lr>=0.01"], "-result.val_acc"),
+    (["result.val_acc>0.9"], "train.lr"),
+    (["model.activation=relu", "model.skip!=true"], "-result.val_acc"),
+    (["model.activation!=relu", "result.diverged=false"], "model.depth"),
+    (["result.val_acc=null"], "-train.lr"),
+    (["result.device=cpu", "model.depth!=4"], "-model.depth"),
+]
+
+
+def _every_page(session: Session, owner: str | None, filters: list[str], sort: str) -> list[str]:
+    """Every job the search lists, two per page, through the keyset cursor."""
+    parsed = [search.parse_filter(f, loc=("query", "where")) for f in filters]
+    sort_key = search.parse_sort(sort)
+    seen: list[str] = []
+    after: Position | None = None
+    while True:
+        page = job_queries.list_jobs(
+            session=session, owner=owner, filters=parsed, sort=sort_key, after=after, limit=2
+        )
+        seen += [job.id for job in page]
+        if len(page) < 2:
+            return seen
+        last = page[-1]
+        key = (
+            last.created_at
+            if sort_key.field is None
+            else job_queries.sort_value(last, sort_key.field)
+        )
+        after = Position(key=key, id=last.id)
+
+
+@pytest.mark.parametrize("selective_matches", [job_queries.SELECTIVE_MATCHES, 1])
+@pytest.mark.parametrize(("filters", "sort"), INDEXED_SEARCHES)
+def test_the_field_index_lists_what_the_documents_list(
+    session: Session,
+    searched: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    selective_matches: int,
+    filters: list[str],
+    sort: str,
+) -> None:
+    """One owner's search reads job_field; an admin's (owner None) reads the documents.
+    With a threshold of 1 no range filter is selective and pages walk the jobs."""
+    monkeypatch.setattr(job_queries, "SELECTIVE_MATCHES", selective_matches)
+    indexed = _every_page(session, ANONYMOUS, filters, sort)
+    assert indexed == _every_page(session, None, filters, sort)
+    assert len(indexed) == len(set(indexed))
+
+
+def test_a_job_field_row_per_number_and_string_of_the_spec_and_result(
+    session: Session, searched: list[str]
+) -> None:
+    rows = session.execute(
+        select(JobField.path, JobField.number, JobField.string).where(
+            JobField.job_id == searched[3]
+        )
+    ).all()
+    fields = {path: (number, string) for path, number, string in rows}
+    assert fields["train.lr"] == (0.1, None)
+    assert fields["model.depth"] == (8, None)
+    assert fields["model.activation"] == (None, "tanh")
+    assert fields["result.device"] == (None, "cpu")
+    # A NaN is the string "NaN": no number. Booleans and nulls have no row.
+    assert fields["result.val_acc"] == (None, "NaN")
+    assert "model.skip" not in fields and "result.diverged" not in fields
+    assert "data.train_size" not in fields
+    # An unfinished job has no result rows.
+    unfinished = session.scalars(
+        select(JobField.path).where(JobField.job_id == searched[4], JobField.path.like("result.%"))
+    ).all()
+    assert unfinished == []
+
+
+def test_indexed_searches_never_list_another_owners_jobs(
+    session: Session, searched: list[str]
+) -> None:
+    spec = ExperimentSpec.model_validate({"name": "theirs", "train": {"lr": 0.01}})
+    theirs = job_queries.create_job(session=session, owner="alice", spec=spec, queue="cpu")
+    job_queries.finish_job(
+        session=session, job_id=theirs.id, status="succeeded", result={"val_acc": 0.99}
+    )
+    session.commit()
+    for filters, sort in INDEXED_SEARCHES:
+        assert theirs.id not in _every_page(session, ANONYMOUS, filters, sort)
+    assert _every_page(session, "alice", ["result.val_acc>0.9"], "-train.lr") == [theirs.id]
+    assert _every_page(session, "alice", [], "-result.val_acc") == [theirs.id]
+
+
+def test_a_deleted_job_takes_its_field_rows_along(session: Session, searched: list[str]) -> None:
+    job_queries.delete_job(session=session, job_id=searched[0])
+    session.commit()
+    left = session.scalars(select(JobField.job_id).where(JobField.job_id == searched[0])).all()
+    assert left == []
+    assert searched[0] not in _every_page(session, ANONYMOUS, [], "-train.lr")

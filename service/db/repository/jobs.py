@@ -7,7 +7,7 @@ import json
 import math
 import operator
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
@@ -21,20 +21,22 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     func,
     insert,
     literal,
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects.postgresql import JSONPATH
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.db.base import utcnow
-from service.db.models import Job, JobTag, WorkerNode
+from service.db.models import JOB_FIELD_STRING_MAX, Job, JobField, JobTag, WorkerNode
 from service.db.repository import keyset
 from service.errors import StaleAttempt
 from service.kit.jsonnum import json_safe
@@ -93,11 +95,58 @@ def create_job(
     )
     session.add(job)
     session.flush()
+    _write_fields(session, job_id=job.id, owner=owner, document=job.spec, prefix="")
     if spec.tags:
         session.execute(
             insert(JobTag), [{"job_id": job.id, "tag": tag} for tag in dict.fromkeys(spec.tags)]
         )
     return job
+
+
+# A result field's name in ``job_field`` (and in search): ``result.val_acc``.
+RESULT_FIELD = "result."
+
+
+def _scalar_fields(document: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    for key, value in document.items():
+        if isinstance(value, Mapping):
+            yield from _scalar_fields(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def job_field_rows(
+    *, job_id: str, owner: str, document: Mapping[str, Any], prefix: str
+) -> list[dict[str, Any]]:
+    """The numbers and strings of a spec (``prefix`` "") or result (``RESULT_FIELD``)
+    document as ``job_field`` rows; booleans, nulls, lists and NaN (a string) have none."""
+    rows: list[dict[str, Any]] = []
+    for path, value in _scalar_fields(document, prefix):
+        row: dict[str, Any] = {
+            "job_id": job_id,
+            "path": path,
+            "owner": owner,
+            "number": None,
+            "string": None,
+        }
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # never here (json_safe spells them), but cheap
+                continue
+            row["number"] = value
+        elif isinstance(value, str) and len(value) <= JOB_FIELD_STRING_MAX:
+            row["string"] = value
+        else:
+            continue
+        rows.append(row)
+    return rows
+
+
+def _write_fields(
+    session: Session, *, job_id: str, owner: str, document: Mapping[str, Any], prefix: str
+) -> None:
+    rows = job_field_rows(job_id=job_id, owner=owner, document=document, prefix=prefix)
+    if rows:
+        session.execute(insert(JobField), rows)
 
 
 def mark_enqueued(*, session: Session, job_ids: Sequence[str], sent: bool) -> None:
@@ -390,18 +439,19 @@ def finish_job(
     """Record the outcome; a job that already finished keeps its first outcome (False)."""
     if status not in FINISHED_STATUSES:
         raise ValueError(f"not a final status: {status!r}")
+    stored = json_safe(dict(result)) if result is not None else None
     outcome = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.not_in(FINISHED_STATUSES))
-        .values(
-            status=status,
-            result=json_safe(dict(result)) if result is not None else None,
-            error=error,
-            finished_at=utcnow(),
-        )
+        .values(status=status, result=stored, error=error, finished_at=utcnow())
         .execution_options(synchronize_session="fetch")
     )
-    return _rowcount(outcome) == 1
+    if _rowcount(outcome) != 1:
+        return False
+    if stored is not None:
+        owner = session.scalars(select(Job.owner).where(Job.id == job_id)).one()
+        _write_fields(session, job_id=job_id, owner=owner, document=stored, prefix=RESULT_FIELD)
+    return True
 
 
 def is_cancel_requested(*, session: Session, job_id: str) -> bool:
@@ -588,6 +638,7 @@ _SQL_OPS: dict[FilterOp, Callable[[Any, Any], Any]] = {
     ">": operator.gt,
     ">=": operator.ge,
 }
+_RANGE_OPS: frozenset[FilterOp] = frozenset({"<", "<=", ">", ">="})
 _JSONPATH_OPS: dict[FilterOp, str] = {
     "=": "==",
     "!=": "!=",
@@ -683,6 +734,153 @@ def sort_value(job: Job, ref: FieldRef) -> str | int | float | bool | None:
     return value if ok else None
 
 
+# A range filter whose matches in the field index are fewer than this is selective: the
+# jobs are then fetched by id. With more, matches are dense enough (>= 2.5% of 20,000
+# jobs) that walking the jobs in page order meets a page of them soon.
+SELECTIVE_MATCHES = 500
+
+
+def _field_name(ref: FieldRef) -> str:
+    """The field's ``job_field.path``: ``train.lr``, ``result.val_acc``."""
+    prefix = RESULT_FIELD if ref.document == "result" else ""
+    return prefix + ".".join(ref.path)
+
+
+def _field_column(ref: FieldRef) -> Any:
+    """The ``job_field`` column of the field's values; None where none is kept (booleans)."""
+    return {"number": JobField.number, "string": JobField.string}.get(ref.kind)
+
+
+def _selective_matches(session: Session, owner: str, field_filter: FieldFilter) -> list[str] | None:
+    """The ids of the jobs a range filter on a number matches, read from the field index,
+    when they are fewer than SELECTIVE_MATCHES; else None. Counted first: most ranges
+    are not selective, and their ids are not worth sending."""
+    column = JobField.number
+    matches = (
+        select(JobField.job_id)
+        .where(
+            JobField.owner == owner,
+            JobField.path == _field_name(field_filter.field),
+            column.is_not(None),
+            _SQL_OPS[field_filter.op](column, field_filter.value),
+        )
+        .limit(SELECTIVE_MATCHES)
+    )
+    counted = session.scalar(select(func.count()).select_from(matches.subquery()))
+    if counted is None or counted >= SELECTIVE_MATCHES:
+        return None
+    return list(session.scalars(matches))
+
+
+def _filter_conditions(
+    session: Session, owner: str | None, filters: Sequence[FieldFilter], dialect: str
+) -> list[ColumnElement[bool]]:
+    """For a page in creation order: a range filter on a number that the field index
+    finds selective becomes a list of ids; the others read the job's document
+    (equalities through its GIN index, ranges while walking the jobs in page order)."""
+    conditions: list[ColumnElement[bool]] = []
+    for field_filter in filters:
+        ranged = field_filter.op in _RANGE_OPS and field_filter.field.kind == "number"
+        ids = _selective_matches(session, owner, field_filter) if ranged and owner else None
+        if ids is not None:
+            conditions.append(Job.id.in_(ids))
+        else:
+            conditions.append(_field_condition(field_filter, dialect))
+    return conditions
+
+
+def _has_field_value(field_filter: FieldFilter, job_id: Any) -> ColumnElement[bool] | None:
+    """The filter as a look-up of the job's ``job_field`` row (its primary key), or None
+    where that row cannot tell (booleans, nulls)."""
+    column_name = {"number": "number", "string": "string"}.get(field_filter.field.kind)
+    if column_name is None or field_filter.value is None:
+        return None
+    row = aliased(JobField)
+    column = getattr(row, column_name)
+    return exists().where(
+        row.job_id == job_id,
+        row.path == _field_name(field_filter.field),
+        column.is_not(None),
+        _SQL_OPS[field_filter.op](column, field_filter.value),
+    )
+
+
+def _filter_on_job(field_filter: FieldFilter, job_id: Any, dialect: str) -> ColumnElement[bool]:
+    looked_up = _has_field_value(field_filter, job_id)
+    return looked_up if looked_up is not None else _field_condition(field_filter, dialect)
+
+
+def _ids_by_field(
+    session: Session,
+    *,
+    owner: str,
+    job_conditions: Sequence[ColumnElement[bool]],
+    filters: Sequence[FieldFilter],
+    path: str,
+    column: Any,
+    descending: bool,
+    after: Position | None,
+    limit: int,
+    dialect: str,
+) -> list[str]:
+    """A page of job ids in the order of a field (its ``job_field`` path and value
+    column), from the field index: the jobs with the field by (value, id), then those
+    without it by id. Filters on numbers and strings look up each candidate's
+    ``job_field`` row, so that the walk in index order stops after a page (a filter on
+    the document would be guessed selective by the planner, which then joins every
+    matching job and sorts)."""
+    selected: list[list[str] | None] = []
+    for field_filter in filters:
+        ranged = field_filter.op in _RANGE_OPS and field_filter.field.kind == "number"
+        selected.append(_selective_matches(session, owner, field_filter) if ranged else None)
+    ids: list[str] = []
+    if after is None or after.key is not None:
+        valued = select(JobField.job_id).where(
+            JobField.owner == owner, JobField.path == path, column.is_not(None)
+        )
+        document_conditions = list(job_conditions)
+        for field_filter, selected_ids in zip(filters, selected, strict=True):
+            looked_up = _has_field_value(field_filter, JobField.job_id)
+            if selected_ids is not None:
+                valued = valued.where(JobField.job_id.in_(selected_ids))
+            elif looked_up is not None:
+                valued = valued.where(looked_up)
+            else:
+                document_conditions.append(_field_condition(field_filter, dialect))
+        if document_conditions:
+            valued = valued.join(Job, Job.id == JobField.job_id).where(*document_conditions)
+        key = tuple_(column, JobField.job_id)
+        if after is not None:
+            beyond = (after.key, after.id)
+            valued = valued.where(key < beyond if descending else key > beyond)
+        order = (column.desc(), JobField.job_id.desc()) if descending else (column, JobField.job_id)
+        ids = list(session.scalars(valued.order_by(*order).limit(limit)))
+    if len(ids) < limit:
+        with_field = select(JobField.job_id).where(
+            JobField.owner == owner, JobField.path == path, column.is_not(None)
+        )
+        matched = [
+            Job.id.in_(selected_ids)
+            if selected_ids is not None
+            else _filter_on_job(field_filter, Job.id, dialect)
+            for field_filter, selected_ids in zip(filters, selected, strict=True)
+        ]
+        missing = select(Job.id).where(
+            Job.owner == owner, *job_conditions, *matched, Job.id.not_in(with_field)
+        )
+        if after is not None and after.key is None:
+            missing = missing.where(Job.id < after.id if descending else Job.id > after.id)
+        # The ids with the field are read once from the field index (a hash on
+        # PostgreSQL, a temporary index on SQLite); OFFSET 0 keeps the planner from
+        # walking the jobs by id instead and looking up each one (every job, when few
+        # lack the field): the owner's jobs are filtered, then what is left is sorted.
+        without = missing.offset(0).subquery()
+        by_id = without.c.id.desc() if descending else without.c.id.asc()
+        tail = select(without.c.id).order_by(by_id).limit(limit - len(ids))
+        ids += session.scalars(tail)
+    return ids
+
+
 def list_jobs(
     *,
     session: Session,
@@ -700,24 +898,46 @@ def list_jobs(
 ) -> Sequence[Job]:
     """Keyset pagination on (sort key, id), the sort key by default ``created_at``
     (``newest_first``); ``after`` is the last row of the previous page. ``owner`` None
-    lists every owner's jobs (an admin's view)."""
+    lists every owner's jobs (an admin's view).
+
+    One owner's sorts on a number or string field walk ``job_field`` (indexed by owner,
+    field and value), their filters on numbers and strings looking up its rows; in
+    creation order, a range filter on a number that matches few jobs is read from it.
+    Equalities in creation order, booleans, nulls and an admin's view read the JSONB
+    documents. Both answer the same (tests/service/test_search_api.py compares them)."""
     dialect = session.get_bind().dialect.name
-    stmt = select(Job)
-    if owner is not None:
-        stmt = stmt.where(Job.owner == owner)
+    conditions: list[ColumnElement[bool]] = []
     if statuses:
-        stmt = stmt.where(Job.status.in_(statuses))
+        conditions.append(Job.status.in_(statuses))
     if tag is not None:
-        stmt = stmt.where(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
+        conditions.append(Job.id.in_(select(JobTag.job_id).where(JobTag.tag == tag)))
     if name is not None:
-        stmt = stmt.where(Job.name == name)
+        conditions.append(Job.name == name)
     if sweep_id is not None:
-        stmt = stmt.where(Job.sweep_id == sweep_id)
+        conditions.append(Job.sweep_id == sweep_id)
     if parent_id is not None:
-        stmt = stmt.where(Job.parent_id == parent_id)
-    for field_filter in filters:
-        stmt = stmt.where(_field_condition(field_filter, dialect))
+        conditions.append(Job.parent_id == parent_id)
     sort = sort or SortKey(field=None, descending=newest_first)
+    column = _field_column(sort.field) if sort.field is not None else None
+    if owner is not None and sort.field is not None and column is not None:
+        ids = _ids_by_field(
+            session,
+            owner=owner,
+            job_conditions=conditions,
+            filters=filters,
+            path=_field_name(sort.field),
+            column=column,
+            descending=sort.descending,
+            after=after,
+            limit=limit,
+            dialect=dialect,
+        )
+        found = {job.id: job for job in session.scalars(select(Job).where(Job.id.in_(ids)))}
+        return [found[job_id] for job_id in ids]
+    if owner is not None:
+        conditions.append(Job.owner == owner)
+    conditions += _filter_conditions(session, owner, filters, dialect)
+    stmt = select(Job).where(*conditions)
     if sort.field is None:
         key: Any = Job.created_at
         if after is not None:
@@ -725,19 +945,19 @@ def list_jobs(
                 keyset.after(key=key, row_id=Job.id, position=after, descending=sort.descending)
             )
         order = keyset.order(key=key, row_id=Job.id, descending=sort.descending)
-    else:
-        key = _sort_expression(sort.field, dialect)
-        if after is not None:
-            stmt = stmt.where(
-                keyset.after_nulls_last(
-                    key=key, row_id=Job.id, position=after, descending=sort.descending
-                )
+        return session.scalars(stmt.order_by(*order).limit(limit)).all()
+    key = _sort_expression(sort.field, dialect)
+    if after is not None:
+        stmt = stmt.where(
+            keyset.after_nulls_last(
+                key=key, row_id=Job.id, position=after, descending=sort.descending
             )
-        order = keyset.order_nulls_last(key=key, row_id=Job.id, descending=sort.descending)
-        # The sort runs over every matching job: sort narrow (id, key) rows, then load
-        # the page's jobs (a job row is ~3 kB with its spec).
-        page_ids = stmt.with_only_columns(Job.id).order_by(*order).limit(limit)
-        stmt = select(Job).where(Job.id.in_(page_ids.scalar_subquery()))
+        )
+    order = keyset.order_nulls_last(key=key, row_id=Job.id, descending=sort.descending)
+    # The sort runs over every matching job: sort narrow (id, key) rows, then load
+    # the page's jobs (a job row is ~3 kB with its spec).
+    page_ids = stmt.with_only_columns(Job.id).order_by(*order).limit(limit)
+    stmt = select(Job).where(Job.id.in_(page_ids.scalar_subquery()))
     return session.scalars(stmt.order_by(*order).limit(limit)).all()
 
 
