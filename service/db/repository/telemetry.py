@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import psycopg
 from sqlalchemy import (
     ColumnElement,
@@ -525,7 +526,7 @@ class _Columns:
     """Rows read as whole columns: integers, floats (NULL as 0) and where NULLs were."""
 
     ints: list[np.ndarray]  # int64 (n,) each
-    values: np.ndarray  # float64 (n, m)
+    values: np.ndarray  # (n, m): float32 from PostgreSQL's REAL, float64 from SQLite
     absent: np.ndarray  # bool (n, m)
 
 
@@ -571,9 +572,11 @@ def _read_columns(
     if packed[0] is None:  # no rows
         return _Columns([_NO_INTS] * len(ints), np.zeros((0, m)), np.zeros((0, m), dtype=bool))
     integers = [np.frombuffer(cells, dtype=">i4").astype(np.int64) for cells in packed[: len(ints)]]
+    # float32, as stored (REAL): widened to float64 they would print as 0.0010000000474974513
+    # where the driver read 0.001; orjson writes a float32 as its shortest decimal.
     values = np.stack(
         [np.frombuffer(cells, dtype=">f4") for cells in packed[len(ints) : len(ints) + m]], axis=1
-    ).astype(np.float64)
+    ).astype(np.float32)
     absent = np.stack(
         [np.frombuffer(cells, dtype=np.bool_) for cells in packed[len(ints) + m :]], axis=1
     )
@@ -583,6 +586,21 @@ def _read_columns(
         integers = [column[order] for column in integers]
         values, absent = values[order], absent[order]
     return _Columns(integers, values, absent)
+
+
+def _as_decimal_floats(values: np.ndarray) -> np.ndarray:
+    """Python-ready float64 values: a float32 (PostgreSQL's REAL) becomes the float64 of
+    its shortest decimal, as the driver read PostgreSQL's text output (0.001, not the
+    widened 0.0010000000474974513). orjson writes those decimals and reads them back, in C;
+    a non-finite value stays as it is."""
+    if values.dtype != np.float32:
+        return values
+    out = values.astype(np.float64)
+    finite = np.isfinite(values)
+    if finite.any():
+        decimals = orjson.dumps(values[finite], option=orjson.OPT_SERIALIZE_NUMPY)
+        out[finite] = orjson.loads(decimals)
+    return out
 
 
 def list_layer_stat_points(
@@ -609,7 +627,7 @@ def list_layer_stat_points(
     )
     if points is None:
         return []
-    values = np.concatenate((points.last, points.low, points.high), axis=1)
+    values = _as_decimal_floats(np.concatenate((points.last, points.low, points.high), axis=1))
     absent = np.concatenate((points.last_absent, points.low_absent, points.high_absent), axis=1)
     return [
         (lx, sx, ex, *cells)
@@ -780,7 +798,8 @@ def _late_window(
 @dataclass(frozen=True)
 class StatWindow:
     """Statistics of a window of steps as arrays: ``values[i, k]`` is statistic k of
-    layer ``layer[i]`` at ``step[i]`` (NaN where absent), rows in (layer, step) order."""
+    layer ``layer[i]`` at ``step[i]`` (NaN where absent), rows in (layer, step) order;
+    float32 from PostgreSQL (its REAL as stored), float64 from SQLite."""
 
     layer: np.ndarray  # int64 (n,)
     step: np.ndarray  # int64 (n,)
