@@ -7,6 +7,7 @@ gradient histograms and the loss-landscape slice.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -223,8 +224,12 @@ def gradient_columns(
         absent = np.concatenate(
             (points.last_absent, points.low_absent, points.high_absent), axis=1
         ).T.copy()
-        starts = np.flatnonzero(np.diff(points.layer)) + 1
-        for start, end in zip([0, *starts.tolist()], [*starts.tolist(), len(points)], strict=True):
+        first = np.flatnonzero(np.concatenate(([True], np.diff(points.layer) != 0)))
+        bounds = [*first.tolist(), len(points)]
+        # Which (column, layer) slices hold a NaN, an inf or a NULL: found for all at once,
+        # so that only those are written value by value.
+        special = np.add.reduceat(absent | ~np.isfinite(values), first, axis=1) > 0
+        for at, (start, end) in enumerate(itertools.pairwise(bounds)):
             index = int(points.layer[start])
             known = series.get(index)
             name, kind = (known.name, known.kind) if known else (str(index), "unknown")
@@ -232,8 +237,12 @@ def gradient_columns(
                 "step": np.ascontiguousarray(points.step[start:end]),
                 "epoch": np.ascontiguousarray(points.epoch[start:end]),
             }
-            for key, cells, gaps in zip(keys[2:], values, absent, strict=True):
-                columns[key] = json_column(cells[start:end], gaps[start:end])
+            for k, key in enumerate(keys[2:]):
+                columns[key] = (
+                    json_column(values[k, start:end], absent[k, start:end])
+                    if special[k, at]
+                    else values[k, start:end]
+                )
             series[index] = ColumnSeries(index, name, kind, columns)
     return stats, [series[i] for i in sorted(series)]
 

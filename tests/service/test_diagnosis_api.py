@@ -101,8 +101,11 @@ def test_late_window_as_arrays_holds_the_rows_of_the_late_window(
     window = telemetry_queries.late_layer_stat_window(
         session=session, job_id=job_id, stats=stats, max_steps=max_steps
     )
-    expected = sorted((r[0], r[1], *(math.nan if v is None else v for v in r[2:])) for r in listed)
-    got = list(
+    expected: list[tuple[Any, ...]] = sorted(
+        (cells[0], cells[1], *(math.nan if v is None else v for v in cells[2:]))
+        for cells in (tuple[Any, ...](row) for row in listed)
+    )
+    got: list[tuple[Any, ...]] = list(
         zip(window.layer.tolist(), window.step.tolist(), *window.values.T.tolist(), strict=True)
     )
     assert len(got) == len(expected) > 0
@@ -110,7 +113,9 @@ def test_late_window_as_arrays_holds_the_rows_of_the_late_window(
         assert a[:2] == b[:2]
         # The same float32 (PostgreSQL's REAL): the window holds it widened, a row as the
         # driver read its decimal.
-        assert np.array_equal(np.float32(a[2:]), np.float32(b[2:]), equal_nan=True)
+        assert np.array_equal(
+            np.array(a[2:], dtype=np.float32), np.array(b[2:], dtype=np.float32), equal_nan=True
+        )
 
 
 def test_queued_job_has_no_findings(client: TestClient) -> None:

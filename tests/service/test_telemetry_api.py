@@ -358,6 +358,15 @@ def test_gradient_columns_hold_what_the_points_hold(
         ]
         assert rebuilt == by_point["points"]
         assert rebuilt  # every case reads some points
+        for key in keys[2:]:  # NULL where nothing was stored, through every statistic
+            stat = key.removesuffix("_min").removesuffix("_max")
+            if stat == "grad_norm":
+                continue  # its NaN is a NULL on SQLite
+            stored = stat in ("update_ratio", "nan_count") or (
+                stat == "act_mean" and by_column["name"] != "head"
+            )
+            nulls = [value is None for value in by_column["columns"][key]]
+            assert nulls == [not stored] * len(nulls), key
 
 
 def test_gradient_columns_keep_a_spike_a_nan_and_an_inf_through_downsampling(
