@@ -42,7 +42,7 @@ export async function api(path) {
   return check(await fetch(path, { headers: headers() }));
 }
 
-// /gradients asked for in its columnar form (one array per key: a third of the bytes of
+// /gradients asked for in its columnar form (one array per key: ~40% of the bytes of
 // one object per point, and built by the server without a Python object per point),
 // handed to the charts as the point lists they read.
 export async function gradients(path) {
