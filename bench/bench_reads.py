@@ -9,13 +9,17 @@ of the schema before (32-character job id, double precision, NaN for absent acti
 statistics) for the old queries. Then interleaved rounds, median (min..max) in ms:
 
   gradients    all layers' /v1/jobs/{id}/gradients?stat=grad_norm&max_points=500, the
-               whole request (TestClient), beside the old query alone (window functions
-               over the job's rows) and the new query alone
-  gradients-9  the dashboard's ask: 9 statistics, max_points=300
+               whole request (TestClient), in the point form ("api", the default) and
+               the columnar one ("columns api", format=columns), beside the old query
+               alone (window functions over the job's rows) and the new queries alone
+  gradients-9  the dashboard's ask: 9 statistics, max_points=300, both forms
   diagnosis    /v1/jobs/{id}/diagnosis, beside the old bounded window + the full scan
                for the first non-finite step
-  dashboard    a job page's refresh: /v1/jobs/{id}, /metrics, /layers, gradients-9 and
-               /diagnosis, one after another
+  dashboard    a job page's load: /v1/jobs/{id}, /metrics, /layers, gradients-9 and
+               /diagnosis, one after another (the browser sends them at once), with the
+               point form ("api") and with the columnar one the dashboard now asks for
+               ("columns api"); "step refresh": what it fetches when a running job
+               moved on a step (/v1/jobs/{id}, gradients-9 as columns, /diagnosis)
   typical      the same on a 21 x 240 job
 
 Then bytes per statistic row: pg_total_relation_size (heap, index, TOAST) / rows, for
@@ -71,6 +75,7 @@ from service.specs import ExperimentSpec
 LONG = (100, 10_000)
 TYPICAL = (21, 240)
 STEPS_PER_BATCH = 32
+COLUMNS = "&format=columns"
 ABSENT = [LAYER_STAT_COLUMNS.index(n) for n in telemetry_queries.ABSENT_WHEN_NAN]
 
 legacy_metadata = MetaData()
@@ -254,6 +259,12 @@ def new_layer_stats(session: Session, job_id: str, stats: list[str], max_points:
     )
 
 
+def new_layer_arrays(session: Session, job_id: str, stats: list[str], max_points: int) -> Any:
+    return telemetry_queries.list_layer_stat_runs(
+        session=session, job_id=job_id, stats=stats, max_points=max_points
+    )
+
+
 def timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
@@ -282,12 +293,20 @@ def variants(
 
         return run
 
-    def dashboard(job_id: str) -> Callable[[], object]:
+    def dashboard(job_id: str, form: str) -> Callable[[], object]:
         paths = [
             f"/v1/jobs/{job_id}",
             f"/v1/jobs/{job_id}/metrics",
             f"/v1/jobs/{job_id}/layers",
-            f"/v1/jobs/{job_id}/gradients?{nine_query}&max_points=300",
+            f"/v1/jobs/{job_id}/gradients?{nine_query}&max_points=300{form}",
+            f"/v1/jobs/{job_id}/diagnosis",
+        ]
+        return lambda: [get(p)() for p in paths]
+
+    def step_refresh(job_id: str) -> Callable[[], object]:
+        paths = [
+            f"/v1/jobs/{job_id}",
+            f"/v1/jobs/{job_id}/gradients?{nine_query}&max_points=300{COLUMNS}",
             f"/v1/jobs/{job_id}/diagnosis",
         ]
         return lambda: [get(p)() for p in paths]
@@ -297,14 +316,23 @@ def variants(
         found[f"{label} gradients api"] = get(
             f"/v1/jobs/{job_id}/gradients?stat=grad_norm&max_points=500"
         )
+        found[f"{label} gradients columns api"] = get(
+            f"/v1/jobs/{job_id}/gradients?stat=grad_norm&max_points=500{COLUMNS}"
+        )
         found[f"{label} gradients new query"] = session_run(
             partial(new_layer_stats, job_id=job_id, stats=["grad_norm"], max_points=500)
+        )
+        found[f"{label} gradients arrays query"] = session_run(
+            partial(new_layer_arrays, job_id=job_id, stats=["grad_norm"], max_points=500)
         )
         found[f"{label} gradients old query"] = session_run(
             partial(old_layer_stats, job_id=job_id, stats=["grad_norm"], max_points=500)
         )
         found[f"{label} gradients-9 api"] = get(
             f"/v1/jobs/{job_id}/gradients?{nine_query}&max_points=300"
+        )
+        found[f"{label} gradients-9 columns api"] = get(
+            f"/v1/jobs/{job_id}/gradients?{nine_query}&max_points=300{COLUMNS}"
         )
         found[f"{label} gradients-9 old query"] = session_run(
             partial(old_layer_stats, job_id=job_id, stats=nine, max_points=300)
@@ -313,7 +341,9 @@ def variants(
         found[f"{label} diagnosis old queries"] = session_run(
             partial(old_diagnosis_reads, job_id=job_id, stats=list(DIAGNOSIS_STATS))
         )
-        found[f"{label} dashboard api"] = dashboard(job_id)
+        found[f"{label} dashboard api"] = dashboard(job_id, "")
+        found[f"{label} dashboard columns api"] = dashboard(job_id, COLUMNS)
+        found[f"{label} dashboard step refresh"] = step_refresh(job_id)
         found[f"{label} one layer api"] = get(
             f"/v1/jobs/{job_id}/gradients?layer=0&stat=grad_norm&max_points=500"
         )
@@ -365,9 +395,16 @@ def main() -> None:
             )
         for label in ("long", "typical"):
             for what in ("gradients", "gradients-9"):
-                new = statistics.median(times[f"{label} {what} api"])
+                points = statistics.median(times[f"{label} {what} api"])
+                columns = statistics.median(times[f"{label} {what} columns api"])
                 old = statistics.median(times[f"{label} {what} old query"])
-                print(f"  {label} {what}: old query / new request = {old / new:.1f}x")
+                print(
+                    f"  {label} {what}: old query / columns request = {old / columns:.1f}x, "
+                    f"points request / columns request = {points / columns:.1f}x"
+                )
+            points = statistics.median(times[f"{label} dashboard api"])
+            columns = statistics.median(times[f"{label} dashboard columns api"])
+            print(f"  {label} dashboard: points / columns = {points / columns:.1f}x")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
@@ -40,11 +41,6 @@ DIAGNOSIS_MAX_STEPS = 2000
 DIAGNOSIS_EARLY_POINTS = 20
 
 
-def _without_epoch(row: Sequence[Any]) -> tuple[Any, ...]:
-    """(layer_index, step, epoch, *stats) -> (layer_index, step, *stats)."""
-    return (row[0], row[1], *row[3:])
-
-
 def _every_n_steps(spec: Mapping[str, Any] | None) -> int:
     telemetry = (spec or {}).get("telemetry") or {}
     every = telemetry.get("every_n_steps")
@@ -63,29 +59,37 @@ def diagnose_job(*, session: Session, job: Job) -> list[Finding]:
         )
         for row in telemetry_queries.list_layers(session=session, job_id=job.id)
     ]
-    rows = telemetry_queries.list_late_layer_stats(
+    # Arrays, not rows: a long job's window is ~10^4 rows x 12 statistics.
+    late = telemetry_queries.late_layer_stat_window(
         session=session, job_id=job.id, stats=DIAGNOSIS_STATS, max_steps=DIAGNOSIS_MAX_STEPS
     )
     first_nonfinite = telemetry_queries.first_nonfinite_step(session=session, job_id=job.id)
-    stats = rules.LayerStats.from_rows(
-        (tuple(row) for row in rows),
+    stats = rules.LayerStats.from_columns(
+        late.layer,
+        late.step,
+        late.values,
         names=DIAGNOSIS_STATS,
         first_nonfinite_step=first_nonfinite,
     )
     early_stats = None
     if job.total_steps:
-        early_rows = telemetry_queries.list_layer_stats(
+        early = telemetry_queries.list_layer_stat_runs(
             session=session,
             job_id=job.id,
             stats=DIAGNOSIS_STATS,
             to_step=rules.early_window_end(job.total_steps, _every_n_steps(job.spec)),
             max_points=DIAGNOSIS_EARLY_POINTS,
         )
-        # Rows are (layer_index, step, epoch, *stats): drop the epoch.
-        early_stats = rules.LayerStats.from_rows(
-            (_without_epoch(row) for row in early_rows),
-            names=DIAGNOSIS_STATS,
-            first_nonfinite_step=first_nonfinite,
+        early_stats = (
+            rules.LayerStats.empty(first_nonfinite_step=first_nonfinite)
+            if early is None
+            else rules.LayerStats.from_columns(
+                early.layer,
+                early.step,
+                np.where(early.last_absent, np.nan, early.last),
+                names=DIAGNOSIS_STATS,
+                first_nonfinite_step=first_nonfinite,
+            )
         )
     metrics = [
         rules.EpochRow(

@@ -230,6 +230,30 @@ class LayerStats:
                     values[name][i, j] = float(v)
         return cls(np.asarray(steps, dtype=np.int64), tuple(layers), values, first_nonfinite_step)
 
+    @classmethod
+    def from_columns(
+        cls,
+        layer: npt.NDArray[np.int64],
+        step: npt.NDArray[np.int64],
+        values: FloatArray,
+        *,
+        names: Sequence[str],
+        first_nonfinite_step: int | None = None,
+    ) -> LayerStats:
+        """Pivot arrays (``values[i, k]``: statistic ``names[k]`` of ``layer[i]`` at
+        ``step[i]``, NaN where missing) into matrices, as ``from_rows`` does rows."""
+        if layer.shape[0] == 0:
+            return cls.empty(first_nonfinite_step=first_nonfinite_step)
+        steps, row = np.unique(step, return_inverse=True)
+        layers, col = np.unique(layer, return_inverse=True)
+        matrices: dict[str, FloatArray] = {}
+        for k, name in enumerate(names):
+            matrix = np.full((steps.shape[0], layers.shape[0]), np.nan)
+            matrix[row, col] = values[:, k]
+            matrices[name] = matrix
+        indexes = tuple(int(i) for i in layers.tolist())
+        return cls(steps.astype(np.int64), indexes, matrices, first_nonfinite_step)
+
     def column(self, name: str, layer_index: int) -> FloatArray:
         """The series of one statistic of one layer (all NaN when not recorded)."""
         matrix = self.values.get(name)

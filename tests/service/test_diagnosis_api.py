@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
@@ -75,6 +76,46 @@ def test_late_layer_stats_are_the_last_half_strided_from_the_last_step(
     steps = sorted({r.step for r in strided})
     assert steps == list(range(52, 101, 6))  # stride (51 - 1) // 10 + 1, back from 100
     assert [r.layer_index for r in strided[:5]] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("from_rollup", [False, True])
+@pytest.mark.parametrize("max_steps", [1000, 10])
+def test_late_window_as_arrays_holds_the_rows_of_the_late_window(
+    client: TestClient,
+    session: Session,
+    monkeypatch: pytest.MonkeyPatch,
+    from_rollup: bool,
+    max_steps: int,
+) -> None:
+    if from_rollup:  # as a long job's window is read
+        monkeypatch.setattr(telemetry_queries, "RAW_READ_ROWS", 0)
+    job_id = _running_job(client, session)
+    rows = _vanishing_rows(range(0, 301))
+    rows[-3]["grad_norm"] = math.inf
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
+    session.commit()
+    stats = ["grad_norm", "act_saturation"]
+    listed = telemetry_queries.list_late_layer_stats(
+        session=session, job_id=job_id, stats=stats, max_steps=max_steps
+    )
+    window = telemetry_queries.late_layer_stat_window(
+        session=session, job_id=job_id, stats=stats, max_steps=max_steps
+    )
+    expected: list[tuple[Any, ...]] = sorted(
+        (cells[0], cells[1], *(math.nan if v is None else v for v in cells[2:]))
+        for cells in (tuple[Any, ...](row) for row in listed)
+    )
+    got: list[tuple[Any, ...]] = list(
+        zip(window.layer.tolist(), window.step.tolist(), *window.values.T.tolist(), strict=True)
+    )
+    assert len(got) == len(expected) > 0
+    for a, b in zip(got, expected, strict=True):
+        assert a[:2] == b[:2]
+        # The same float32 (PostgreSQL's REAL): the window holds it widened, a row as the
+        # driver read its decimal.
+        assert np.array_equal(
+            np.array(a[2:], dtype=np.float32), np.array(b[2:], dtype=np.float32), equal_nan=True
+        )
 
 
 def test_queued_job_has_no_findings(client: TestClient) -> None:

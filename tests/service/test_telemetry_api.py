@@ -295,3 +295,126 @@ def test_histograms_by_layer_and_step(client: TestClient, session: Session) -> N
     body = client.get(f"/v1/jobs/{job_id}/histograms?layer=head&step=20").json()
     assert body == [{"layer_index": 2, "step": 20, "lo": -1.0, "hi": 1.0, "counts": [2, 20, 1]}]
     assert client.get(f"/v1/jobs/{job_id}/histograms?layer=9").status_code == 422
+
+
+def _spiky_rows() -> list[dict[str, Any]]:
+    """Three layers x 1000 steps: a spike, a NaN burst, an inf, and a layer (the head)
+    whose activation statistics are absent."""
+    rows = [
+        {
+            "layer_index": layer,
+            "step": step,
+            "epoch": 1 + step // 100,
+            "grad_norm": 1.0 + layer,
+            "update_ratio": 1e-3 * (1 + step % 7),
+            "nan_count": 0.0,
+            "act_mean": None if layer == 2 else 0.5,
+        }
+        for layer in range(3)
+        for step in range(1000)
+    ]
+    rows[123]["grad_norm"] = 1e6  # layer 0, a spike
+    rows[777].update(grad_norm=math.nan, nan_count=5.0)  # layer 0, a NaN
+    rows[1000 + 500]["update_ratio"] = math.inf  # layer 1
+    rows[1000 + 999]["grad_norm"] = -math.inf  # layer 1, its last value
+    return rows
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "stat=grad_norm&stat=act_mean&max_points=10",
+        "layer=head&layer=0&stat=update_ratio&max_points=7",
+        "from_step=100&to_step=350&max_points=20",
+        "from_step=995",
+    ],
+)
+def test_gradient_columns_hold_what_the_points_hold(
+    client: TestClient, session: Session, read_path: str, query: str
+) -> None:
+    job_id = _running_job(client, session)
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=_spiky_rows())
+    session.commit()
+    url = f"/v1/jobs/{job_id}/gradients?{query}"
+    points = client.get(url).json()
+    columns = client.get(f"{url}&format=columns").json()
+    assert columns["format"] == "columns"
+    assert columns["stats"] == points["stats"]
+    assert [s["layer_index"] for s in columns["series"]] == [
+        s["layer_index"] for s in points["series"]
+    ]
+    keys = [
+        "step",
+        "epoch",
+        *(f"{n}{end}" for end in ("", "_min", "_max") for n in points["stats"]),
+    ]
+    for by_column, by_point in zip(columns["series"], points["series"], strict=True):
+        assert (by_column["name"], by_column["kind"]) == (by_point["name"], by_point["kind"])
+        assert sorted(by_column["columns"]) == sorted(keys)
+        rebuilt = [
+            {key: by_column["columns"][key][i] for key in keys}
+            for i in range(len(by_column["columns"]["step"]))
+        ]
+        assert rebuilt == by_point["points"]
+        assert rebuilt  # every case reads some points
+        for key in keys[2:]:  # NULL where nothing was stored, through every statistic
+            stat = key.removesuffix("_min").removesuffix("_max")
+            if stat == "grad_norm":
+                continue  # its NaN is a NULL on SQLite
+            stored = stat in ("update_ratio", "nan_count") or (
+                stat == "act_mean" and by_column["name"] != "head"
+            )
+            nulls = [value is None for value in by_column["columns"][key]]
+            assert nulls == [not stored] * len(nulls), key
+
+
+def test_gradient_columns_keep_a_spike_a_nan_and_an_inf_through_downsampling(
+    client: TestClient, session: Session, db_url: str, read_path: str
+) -> None:
+    job_id = _running_job(client, session)
+    telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=_spiky_rows())
+    session.commit()
+    query = "stat=grad_norm&stat=update_ratio&stat=act_mean&max_points=10&format=columns"
+    body = client.get(f"/v1/jobs/{job_id}/gradients?{query}").json()
+    first, second, head = (s["columns"] for s in body["series"])
+    # A point is its bucket's last step (from the rollup: its last segment's last step).
+    assert [step // 100 for step in first["step"]] == list(range(10))
+    assert first["step"][-1] == 999
+    assert first["grad_norm_max"][1] == 1e6 and first["grad_norm"][1] == 1.0
+    # PostgreSQL keeps the NaN (the largest value); SQLite stores every NaN as NULL.
+    assert first["grad_norm_max"][7] == (1.0 if db_url.startswith("sqlite") else "NaN")
+    assert first["grad_norm_min"][7] == 1.0
+    assert second["update_ratio_max"][5] == "Infinity"
+    assert second["grad_norm"][9] == "-Infinity" and second["grad_norm_min"][9] == "-Infinity"
+    assert second["grad_norm_max"][9] == 2.0
+    assert head["act_mean"] == [None] * 10 and head["act_mean_max"] == [None] * 10
+    assert first["act_mean"] == [0.5] * 10
+    # A REAL reads back as the decimal written (0.002), not its float32 widened to
+    # 0.0020000000949949026, in both forms.
+    stored = [1e-3 * (1 + step % 7) for step in first["step"]]
+    assert first["update_ratio"] == stored
+    points = client.get(f"/v1/jobs/{job_id}/gradients?layer=0&stat=update_ratio&max_points=10")
+    assert [p["update_ratio"] for p in points.json()["series"][0]["points"]] == stored
+
+
+def test_gradient_columns_of_a_job_without_statistics_are_empty(
+    client: TestClient, session: Session
+) -> None:
+    job_id = _running_job(client, session)
+    body = client.get(f"/v1/jobs/{job_id}/gradients?stat=grad_norm&format=columns").json()
+    assert [s["layer_index"] for s in body["series"]] == [0, 1, 2]
+    assert body["series"][0]["columns"] == {
+        "step": [],
+        "epoch": [],
+        "grad_norm": [],
+        "grad_norm_min": [],
+        "grad_norm_max": [],
+    }
+
+
+def test_gradient_format_must_be_points_or_columns(client: TestClient, session: Session) -> None:
+    job_id = _running_job(client, session)
+    response = client.get(f"/v1/jobs/{job_id}/gradients?format=rows")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "format"]

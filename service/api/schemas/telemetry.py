@@ -3,6 +3,8 @@ and the loss-landscape slice."""
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.schemas.common import JsonFloat
@@ -48,9 +50,82 @@ class GradientSeries(BaseModel):
 
 
 class Gradients(BaseModel):
+    """``format=points`` (the default)."""
+
     job_id: str
     stats: list[str]
     series: list[GradientSeries]
+
+
+GradientFormat = Literal["points", "columns"]
+
+
+class GradientColumnSeries(BaseModel):
+    layer_index: int
+    name: str
+    kind: LayerKind | str = Field(description='The layer kind ("unknown" without a layer row).')
+    columns: dict[str, list[int | float | str | None]] = Field(
+        description="One array per key of a point (`step`, `epoch`, each statistic, its "
+        "`_min` and `_max`), all of the series' length: `columns[key][i]` is what point i "
+        "of `format=points` holds under `key`. Non-finite values are spelled as there."
+    )
+
+
+class GradientColumns(BaseModel):
+    """``format=columns``: the same series, one array per key."""
+
+    job_id: str
+    stats: list[str]
+    format: Literal["columns"]
+    series: list[GradientColumnSeries]
+
+
+GRADIENTS_POINTS_EXAMPLE: dict[str, Any] = {
+    "job_id": "4a6a60d1b011443c9d5aaa64b2c85300",
+    "stats": ["grad_norm"],
+    "series": [
+        {
+            "layer_index": 0,
+            "name": "hidden.0.linear",
+            "kind": "linear",
+            "points": [
+                {
+                    "step": 19,
+                    "epoch": 0,
+                    "grad_norm": 0.051,
+                    "grad_norm_min": 0.012,
+                    "grad_norm_max": 0.31,
+                },
+                {
+                    "step": 39,
+                    "epoch": 0,
+                    "grad_norm": "NaN",
+                    "grad_norm_min": 0.02,
+                    "grad_norm_max": "NaN",
+                },
+            ],
+        }
+    ],
+}
+GRADIENTS_EXAMPLE: dict[str, Any] = {
+    "job_id": "4a6a60d1b011443c9d5aaa64b2c85300",
+    "stats": ["grad_norm"],
+    "format": "columns",
+    "series": [
+        {
+            "layer_index": 0,
+            "name": "hidden.0.linear",
+            "kind": "linear",
+            "columns": {
+                "step": [19, 39],
+                "epoch": [0, 0],
+                "grad_norm": [0.051, "NaN"],
+                "grad_norm_min": [0.012, 0.02],
+                "grad_norm_max": [0.31, "NaN"],
+            },
+        }
+    ],
+}
 
 
 class HistogramRead(BaseModel):

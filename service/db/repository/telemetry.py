@@ -10,15 +10,30 @@ rollup instead, so its cost does not grow with the job.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+import orjson
 import psycopg
-from sqlalchemy import ColumnElement, Row, Select, Table, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Row,
+    Select,
+    Table,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from service.db.base import utcnow
@@ -98,6 +113,9 @@ _NONFINITE_INDEXES = [LAYER_STAT_COLUMNS.index("nan_count"), LAYER_STAT_COLUMNS.
 _LAYER_STAT_TABLE: Table = LayerStat.__table__  # type: ignore[assignment]
 # Raw rows a read may fetch before it reads the rollup instead (some 50 ms of fetching).
 RAW_READ_ROWS = 50_000
+_NO_INTS = np.zeros(0, dtype=np.int64)
+# NULL flags packed per int4 (its sign bit left alone).
+_MASK_BITS = 31
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -506,27 +524,98 @@ def _fetch(session: Session, stmt: Select[Any]) -> list[tuple[Any, ...]]:
         cursor.close()
 
 
-def _fetch_columns(
+@dataclass(frozen=True)
+class _Columns:
+    """Rows read as whole columns: integers, floats (NULL as 0) and where NULLs were."""
+
+    ints: list[np.ndarray]  # int64 (n,) each
+    values: np.ndarray  # (n, m): float32 from PostgreSQL's REAL, float64 from SQLite
+    absent: np.ndarray  # bool (n, m)
+
+
+def _read_columns(
     session: Session,
-    columns: Sequence[Any],
+    ints: Sequence[ColumnElement[Any]],
+    floats: Sequence[ColumnElement[Any]],
     where: Sequence[ColumnElement[bool]],
-    group: Any,
-    order: Any,
-) -> list[list[Any]]:
-    """PostgreSQL: the rows as columns (the group key, then each column in ``order``),
-    one array per group: the driver parses arrays in C, a tuple per row costs more."""
-    aggregated = [func.array_agg(aggregate_order_by(column, order)) for column in columns]
-    groups = _fetch(
-        session,
-        select(group, func.count(), *aggregated).where(*where).group_by(group).order_by(group),
+) -> _Columns:
+    """The rows of a select as columns (integer columns, then float columns), in the
+    order of the first two integer columns (layer, step).
+
+    PostgreSQL: one row of one byte string per column (``string_agg`` of each value's
+    binary form; a NULL is sent as NaN, and flagged in a bit mask), read by numpy: tens of
+    thousands of rows without a Python object per value (the driver's rows cost ~2 us
+    per value; a COPY's rows cost a message each). Sorted here, not by the server: with
+    no ORDER BY it reads the heap in page order instead of sorting wide rows.
+    Elsewhere: the driver's rows."""
+    m = len(floats)
+    if session.get_bind().dialect.name != "postgresql":
+        rows = _fetch(session, select(*ints, *floats).where(*where).order_by(*ints[:2]))
+        whole = np.array([row[: len(ints)] for row in rows], dtype=np.int64)
+        values, absent = rollup.from_cells([row[len(ints) :] for row in rows], m)
+        return _Columns(
+            [whole[:, i].copy() for i in range(len(ints))] if rows else [_NO_INTS] * len(ints),
+            values,
+            absent,
+        )
+    # Which values are NULL, as bits of one integer per row for each 31 float columns:
+    # an aggregate per column cost as much as the column itself.
+    null_masks: list[ColumnElement[Any]] = [
+        sum(
+            (
+                case((column.is_(None), literal_column(str(1 << bit))), else_=literal_column("0"))
+                for bit, column in enumerate(chunk)
+            ),
+            start=literal_column("0"),
+        )
+        for chunk in (floats[i : i + _MASK_BITS] for i in range(0, m, _MASK_BITS))
+    ]
+    sends = [
+        *(func.int4send(cast(column, Integer)) for column in ints),
+        *(
+            func.float4send(func.coalesce(column, literal_column("'NaN'::real")))
+            for column in floats
+        ),
+        *(func.int4send(mask) for mask in null_masks),
+    ]
+    # Compiled once per shape (SQLAlchemy's statement cache), unlike _fetch's statements.
+    packed = session.execute(
+        select(*(func.string_agg(send, literal_column("''::bytea")) for send in sends)).where(
+            *where
+        )
+    ).one()
+    if packed[0] is None:  # no rows
+        return _Columns([_NO_INTS] * len(ints), np.zeros((0, m)), np.zeros((0, m), dtype=bool))
+    integers = [np.frombuffer(cells, dtype=">i4").astype(np.int64) for cells in packed[: len(ints)]]
+    # float32, as stored (REAL): widened to float64 they would print as 0.0010000000474974513
+    # where the driver read 0.001; orjson writes a float32 as its shortest decimal.
+    values = np.stack(
+        [np.frombuffer(cells, dtype=">f4") for cells in packed[len(ints) : len(ints) + m]], axis=1
+    ).astype(np.float32)
+    masks = [np.frombuffer(cells, dtype=">i4") for cells in packed[len(ints) + m :]]
+    absent = np.stack(
+        [(masks[i // _MASK_BITS] >> (i % _MASK_BITS)) & 1 == 1 for i in range(m)], axis=1
     )
-    if not groups:
-        return []
-    out: list[list[Any]] = [[] for _ in range(len(columns) + 1)]
-    for key, count, *arrays in groups:
-        out[0].extend([key] * count)
-        for target, array in zip(out[1:], arrays, strict=True):
-            target.extend(array)
+    # Every aggregate of the one row saw the rows in one order: sort them all alike.
+    order = np.lexsort((integers[1], integers[0]))
+    if not bool(np.array_equal(order, np.arange(order.shape[0]))):
+        integers = [column[order] for column in integers]
+        values, absent = values[order], absent[order]
+    return _Columns(integers, values, absent)
+
+
+def _as_decimal_floats(values: np.ndarray) -> np.ndarray:
+    """Python-ready float64 values: a float32 (PostgreSQL's REAL) becomes the float64 of
+    its shortest decimal, as the driver read PostgreSQL's text output (0.001, not the
+    widened 0.0010000000474974513). orjson writes those decimals and reads them back, in C;
+    a non-finite value stays as it is."""
+    if values.dtype != np.float32:
+        return values
+    out = values.astype(np.float64)
+    finite = np.isfinite(values)
+    if finite.any():
+        decimals = orjson.dumps(values[finite], option=orjson.OPT_SERIALIZE_NUMPY)
+        out[finite] = orjson.loads(decimals)
     return out
 
 
@@ -541,7 +630,46 @@ def list_layer_stat_points(
     max_points: int = 500,
 ) -> list[StatRow]:
     """Points (layer_index, step, epoch, *last, *min, *max) of each layer's series, in
-    (layer, step) order, at most ``max_points`` per layer.
+    (layer, step) order, at most ``max_points`` per layer: ``list_layer_stat_runs`` as
+    one tuple per point."""
+    points = list_layer_stat_runs(
+        session=session,
+        job_id=job_id,
+        stats=stats,
+        layer_indexes=layer_indexes,
+        from_step=from_step,
+        to_step=to_step,
+        max_points=max_points,
+    )
+    if points is None:
+        return []
+    values = _as_decimal_floats(np.concatenate((points.last, points.low, points.high), axis=1))
+    absent = np.concatenate((points.last_absent, points.low_absent, points.high_absent), axis=1)
+    return [
+        (lx, sx, ex, *cells)
+        for lx, sx, ex, cells in zip(
+            points.layer.tolist(),
+            points.step.tolist(),
+            points.epoch.tolist(),
+            rollup.with_none(values, absent),
+            strict=True,
+        )
+    ]
+
+
+def list_layer_stat_runs(
+    *,
+    session: Session,
+    job_id: str,
+    stats: Sequence[str],
+    layer_indexes: Sequence[int] | None = None,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    max_points: int = 500,
+) -> rollup.Runs | None:
+    """Each layer's series as arrays, in (layer, step) order, at most ``max_points`` per
+    layer (None: nothing recorded in the range); ``last``, ``low`` and ``high`` hold the
+    statistics in ``stats`` order.
 
     A series longer than ``max_points`` is cut into equal step buckets; a point is a
     bucket's last step, epoch and values, and the min and max of each statistic over the
@@ -554,62 +682,46 @@ def list_layer_stat_points(
     _check_stats(stats)
     facts = _stat_job(session, job_id)
     if facts is None or facts.first_step is None or facts.last_step is None:
-        return []
+        return None
     layers = _layers_of(facts, layer_indexes)
     lo = facts.first_step if from_step is None else max(from_step, facts.first_step)
     hi = facts.last_step if to_step is None else min(to_step, facts.last_step)
     if lo > hi or not layers:
-        return []
+        return None
     k = len(stats)
-    raw_allowed = facts.raw_pruned_at is None
-    if raw_allowed and _estimated_rows(facts, len(layers), lo, hi) <= RAW_READ_ROWS:
-        rows = _fetch(
-            session,
-            select(
-                LayerStat.layer_index,
-                LayerStat.step,
-                LayerStat.epoch,
-                *(getattr(LayerStat, name) for name in stats),
-            )
-            .where(
-                LayerStat.job_key == facts.key,
-                LayerStat.layer_index.in_(layers),
-                LayerStat.step.between(lo, hi),
-            )
-            .order_by(LayerStat.layer_index, LayerStat.step),
-        )
-        if not rows:
-            return []
-        if max(Counter(row[0] for row in rows).values()) <= max_points:
-            return [(*row, *row[3:], *row[3:]) for row in rows]
-        runs = _raw_runs(rows)
+    raw = (
+        facts.raw_pruned_at is None and _estimated_rows(facts, len(layers), lo, hi) <= RAW_READ_ROWS
+    )
+    table: Any = LayerStat.__table__.c if raw else layer_stat_rollup.c
+    names = (
+        stats if raw else [f"{name}{suffix}" for name in stats for suffix in ("", "_min", "_max")]
+    )
+    where = [table.job_key == facts.key, table.step.between(lo, hi)]
+    if layer_indexes is not None or (lo, hi) != (facts.first_step, facts.last_step):
+        # Each layer's step range from the primary key (no skip scan over layer_index).
+        where.append(table.layer_index.in_(layers))
+    read = _read_columns(
+        session,
+        [table.layer_index, table.step, table.epoch],
+        [table[name] for name in names],
+        where,
+    )
+    layer, step, epoch = read.ints
+    if layer.shape[0] == 0:
+        return None
+    if raw:
+        runs = rollup.Runs.of_raw(layer, step, epoch, read.values, read.absent)
+        if int(np.unique(layer, return_counts=True)[1].max()) <= max_points:
+            return runs
     else:
-        r = layer_stat_rollup.c
-        picked = [r[f"{name}{suffix}"] for name in stats for suffix in ("", "_min", "_max")]
-        where = (r.job_key == facts.key, r.layer_index.in_(layers), r.step.between(lo, hi))
-        if session.get_bind().dialect.name == "postgresql":
-            columns = _fetch_columns(
-                session, [r.step, r.epoch, *picked], where, r.layer_index, r.step
-            )
-        else:
-            rows = _fetch(
-                session,
-                select(r.layer_index, r.step, r.epoch, *picked)
-                .where(*where)
-                .order_by(r.layer_index, r.step),
-            )
-            columns = [list(column) for column in zip(*rows, strict=True)]
-        if not columns or not columns[0]:
-            return []
-        ints = np.array(columns[:3], dtype=np.int64)
-        values, absent = rollup.from_columns(columns[3:])
-        values, absent = values.reshape(-1, k, 3), absent.reshape(-1, k, 3)
+        values = read.values.reshape(-1, k, 3)
+        absent = read.absent.reshape(-1, k, 3)
         runs = rollup.Runs(
-            layer=ints[0],
-            step=ints[1],
-            epoch=ints[2],
-            first_step=ints[1],  # unused: a point is a bucket's last step
-            count=np.ones_like(ints[1]),
+            layer=layer,
+            step=step,
+            epoch=epoch,
+            first_step=step,  # unused: a point is a bucket's last step
+            count=np.ones_like(step),
             last=values[:, :, 0],
             low=values[:, :, 1],
             high=values[:, :, 2],
@@ -618,19 +730,7 @@ def list_layer_stat_points(
             high_absent=absent[:, :, 2],
         )
     width = math.ceil((hi - lo + 1) / max_points)
-    points = runs.reduce(rollup.bucket_starts(runs.layer, runs.step, lo, width))
-    values = np.concatenate((points.last, points.low, points.high), axis=1)
-    absent = np.concatenate((points.last_absent, points.low_absent, points.high_absent), axis=1)
-    return [
-        (lx, sx, ex, *cells)
-        for lx, sx, ex, cells in zip(
-            points.layer.tolist(),
-            points.step.tolist(),
-            points.epoch.tolist(),
-            rollup.with_none(values, absent),
-            strict=True,
-        )
-    ]
+    return runs.reduce(rollup.bucket_starts(runs.layer, runs.step, lo, width))
 
 
 def list_layer_stats(
@@ -670,19 +770,11 @@ def list_late_layer_stats(
     reads the rollup's segment ends instead (every ROLLUP_ROWS-th step, the last
     included). Bounded whatever the job's length.
     """
-    if max_steps < 1:
-        raise ValueError("max_steps must be at least 1")
-    _check_stats(stats)
-    facts = _stat_job(session, job_id)
-    if facts is None or facts.first_step is None or facts.last_step is None:
+    window = _late_window(session, job_id, stats, max_steps)
+    if window is None:
         return []
-    midpoint = (facts.first_step + facts.last_step) // 2
+    facts, midpoint, table = window
     layers = _layers_of(facts, None)
-    estimate = _estimated_rows(facts, len(layers), midpoint, facts.last_step)
-    if facts.raw_pruned_at is None and estimate <= RAW_READ_ROWS:
-        table: Any = LayerStat.__table__.c
-    else:
-        table = layer_stat_rollup.c
     rows = session.execute(
         select(table.layer_index, table.step, *(table[name] for name in stats))
         .where(
@@ -698,6 +790,61 @@ def list_late_layer_stats(
         return rows
     kept = set(steps[::stride])
     return [row for row in rows if row[1] in kept]
+
+
+def _late_window(
+    session: Session, job_id: str, stats: Sequence[str], max_steps: int
+) -> tuple[StatJob, int, Any] | None:
+    """(the job's facts, the window's first step, the table to read: raw rows or rollup)
+    of ``list_late_layer_stats``; None when nothing is recorded."""
+    if max_steps < 1:
+        raise ValueError("max_steps must be at least 1")
+    _check_stats(stats)
+    facts = _stat_job(session, job_id)
+    if facts is None or facts.first_step is None or facts.last_step is None:
+        return None
+    midpoint = (facts.first_step + facts.last_step) // 2
+    layers = (facts.max_layer_index or 0) + 1
+    estimate = _estimated_rows(facts, layers, midpoint, facts.last_step)
+    if facts.raw_pruned_at is None and estimate <= RAW_READ_ROWS:
+        return facts, midpoint, LayerStat.__table__.c
+    return facts, midpoint, layer_stat_rollup.c
+
+
+@dataclass(frozen=True)
+class StatWindow:
+    """Statistics of a window of steps as arrays: ``values[i, k]`` is statistic k of
+    layer ``layer[i]`` at ``step[i]`` (NaN where absent), rows in (layer, step) order;
+    float32 from PostgreSQL (its REAL as stored), float64 from SQLite."""
+
+    layer: np.ndarray  # int64 (n,)
+    step: np.ndarray  # int64 (n,)
+    values: np.ndarray  # float64 (n, k)
+
+
+def late_layer_stat_window(
+    *, session: Session, job_id: str, stats: Sequence[str], max_steps: int = 2000
+) -> StatWindow:
+    """``list_late_layer_stats`` as arrays: the same window, steps and stride, read
+    without a Python object per value."""
+    window = _late_window(session, job_id, stats, max_steps)
+    if window is None:
+        return StatWindow(_NO_INTS, _NO_INTS, np.zeros((0, len(stats))))
+    facts, midpoint, table = window
+    read = _read_columns(
+        session,
+        [table.layer_index, table.step],
+        [table[name] for name in stats],
+        [table.job_key == facts.key, table.step >= midpoint],
+    )
+    layer, step = read.ints
+    values = np.where(read.absent, np.nan, read.values)
+    steps = np.unique(step)[::-1]
+    stride = (steps.shape[0] - 1) // max_steps + 1 if steps.shape[0] else 1
+    if stride > 1:
+        kept = np.isin(step, steps[::stride])
+        layer, step, values = layer[kept], step[kept], values[kept]
+    return StatWindow(layer, step, values)
 
 
 def first_nonfinite_step(*, session: Session, job_id: str) -> int | None:

@@ -2,7 +2,7 @@
 // retry button), loss and accuracy with the chance level, the gradient-flow heatmap,
 // per-layer lines (layer kinds filterable), the vanishing picture, activations, NaN/Inf
 // counts, histograms and the loss landscape. Live over the job's event stream.
-import { api, optional, post, ApiError } from "../api.js";
+import { api, gradients, optional, post, ApiError } from "../api.js";
 import { vocab, layerGroup, saturationName } from "../vocabulary.js";
 import { h, num, fmt, fmtSci, pct, duration, ranges, layerColor, statusBadge, progressBar, COLORS } from "../util.js";
 import {
@@ -68,15 +68,25 @@ export function renderJob(ctx, view, jobId) {
     renderActivations(ctx, p.act, grads.series, layers);
   }
 
+  // A refresh asks only for what can have changed since the last one: the layer table
+  // once it is there (it never changes), the epoch metrics when an epoch ended, the
+  // statistics and the diagnosis when training moved on. Every event of a running job
+  // used to fetch all five.
+  let fetched = null; // { status, epoch, step, metrics, layers, grads, diagnosis }
   async function load() {
-    const [job, metrics, layers, grads, diagnosis] = await Promise.all([
-      api(`/v1/jobs/${id}`),
-      api(`/v1/jobs/${id}/metrics`),
-      api(`/v1/jobs/${id}/layers`),
-      api(`/v1/jobs/${id}/gradients?${STATS.map((s) => `stat=${s}`).join("&")}&max_points=${MAX_POINTS}`),
-      api(`/v1/jobs/${id}/diagnosis`),
+    const job = await api(`/v1/jobs/${id}`);
+    if (!ctx.alive) return false;
+    const { epoch = null, step = null } = job.progress || {};
+    const same = fetched && fetched.status === job.status;
+    const [metrics, layers, grads, diagnosis] = await Promise.all([
+      same && fetched.epoch === epoch ? fetched.metrics : api(`/v1/jobs/${id}/metrics`),
+      fetched && fetched.layers.length ? fetched.layers : api(`/v1/jobs/${id}/layers`),
+      same && fetched.step === step ? fetched.grads
+        : gradients(`/v1/jobs/${id}/gradients?${STATS.map((s) => `stat=${s}`).join("&")}&max_points=${MAX_POINTS}`),
+      same && fetched.step === step && fetched.epoch === epoch ? fetched.diagnosis : api(`/v1/jobs/${id}/diagnosis`),
     ]);
     if (!ctx.alive) return false;
+    fetched = { status: job.status, epoch, step, metrics, layers, grads, diagnosis };
     const active = vocab.active.has(job.status);
     document.title = `${job.name || job.id} · trainlab`;
     const classes = outputClasses(layers);

@@ -2,7 +2,7 @@
 // diagnosis found as coloured chips and two sparklines, the gradient norm by depth (red
 // bars: vanished) and train vs validation loss (a widening gap: overfitting), so a sweep
 // reads without a number. Live over the sweep's event stream.
-import { api, mapLimit, POLL_MS, IDLE_POLL_MS } from "../api.js";
+import { api, gradients, mapLimit, POLL_MS, IDLE_POLL_MS } from "../api.js";
 import { vocab, layerGroup } from "../vocabulary.js";
 import { h, num, fmt, pct, when, statusBadge, progressBar, findingChip, healthyChip, COLORS } from "../util.js";
 import { retryButton } from "./job.js";
@@ -47,7 +47,7 @@ async function rowDetails(row) {
   if (cache.has(key)) return cache.get(key);
   const id = encodeURIComponent(key);
   const [grads, metrics] = await Promise.all([
-    api(`/v1/jobs/${id}/gradients?stat=grad_norm&max_points=2`),
+    gradients(`/v1/jobs/${id}/gradients?stat=grad_norm&max_points=2`),
     api(`/v1/jobs/${id}/metrics`),
   ]);
   const details = { grads, metrics };
