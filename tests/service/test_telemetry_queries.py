@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from service.db.models import LAYER_STAT_COLUMNS, Job, JobTag, Layer, LayerStat, StatJob
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
+from service.kit import rollup
 from tests.service.conftest import stored_job
 
 
@@ -141,3 +142,39 @@ def test_facts_kept_at_ingest(session: Session) -> None:
         session=session, job_id=job_id, stats=["nan_count"], max_points=500
     )
     assert [(p[0], p[1]) for p in points] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+def test_null_patterns_group_rows_by_their_nulls() -> None:
+    rng = np.random.default_rng(5)
+    absent = rng.random((500, 19)) < 0.1
+    patterns, which = rollup.null_patterns(absent)
+    assert (patterns[which] == absent).all()
+    assert len(patterns) == len(np.unique(absent, axis=0))
+    same, none = rollup.null_patterns(np.zeros((4, 3), dtype=bool))
+    assert same.tolist() == [[False] * 3] and none.tolist() == [0] * 4
+
+
+def test_the_bulk_write_keeps_every_pattern_of_nulls(session: Session) -> None:
+    """Rows with many different sets of absent statistics, in any order: each stored
+    with its own NULLs (binary COPY packs each pattern of NULLs as its own record layout)."""
+    rng = np.random.default_rng(11)
+    rows = []
+    for step in range(12, 0, -1):
+        for layer in range(4):
+            values: list[float | None] = rng.normal(size=len(LAYER_STAT_COLUMNS)).tolist()
+            for k in np.flatnonzero(rng.random(len(LAYER_STAT_COLUMNS)) < 0.3).tolist():
+                values[k] = None
+            rows.append((layer, step, 1, *values))
+    copied, inserted = stored_job(session), stored_job(session)
+    telemetry_queries.add_layer_stat_rows(session=session, job_id=copied, rows=rows)
+    facts = StatJob(job_id=inserted, rows=0)
+    session.add(facts)
+    session.flush()
+    names = ("layer_index", "step", "epoch", *LAYER_STAT_COLUMNS)
+    session.execute(
+        insert(LayerStat),
+        [{"job_key": facts.key, **dict(zip(names, row, strict=True))} for row in rows],
+    )
+    session.commit()
+    assert len(_stored_stats(session, copied)) == 48
+    assert _stored_stats(session, copied) == _stored_stats(session, inserted)
