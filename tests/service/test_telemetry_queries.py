@@ -178,3 +178,29 @@ def test_the_bulk_write_keeps_every_pattern_of_nulls(session: Session) -> None:
     session.commit()
     assert len(_stored_stats(session, copied)) == 48
     assert _stored_stats(session, copied) == _stored_stats(session, inserted)
+
+
+def test_facts_add_up_over_ingests(session: Session) -> None:
+    """Each ingest folds its rows into the job's facts: counts add up, the first steps
+    are the smallest seen (a batch without a non-finite value keeps the known one), and a
+    StatJob the session already holds shows the new facts."""
+    job_id = stored_job(session)
+
+    def ingest(steps: range, layers: int, nan_at: int | None) -> None:
+        rows = [
+            {"layer_index": i, "step": s, "epoch": 1, "nan_count": 2.0 if s == nan_at else 0.0}
+            for i in range(layers)
+            for s in steps
+        ]
+        telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
+
+    ingest(range(10, 20), 2, nan_at=15)
+    facts = session.scalars(select(StatJob).where(StatJob.job_id == job_id)).one()
+    assert (facts.rows, facts.first_nonfinite_step) == (20, 15)
+    ingest(range(20, 30), 3, nan_at=None)
+    ingest(range(5, 8), 1, nan_at=6)
+    ingest(range(30, 31), 1, nan_at=30)
+    assert (facts.rows, facts.first_step, facts.last_step) == (54, 5, 30)
+    assert (facts.max_layer_index, facts.first_nonfinite_step) == (2, 6)
+    session.commit()
+    assert telemetry_queries.first_nonfinite_step(session=session, job_id=job_id) == 6

@@ -17,9 +17,23 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from sqlalchemy import ColumnElement, Row, Select, Table, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from service.db.base import utcnow
 from service.db.models import (
@@ -267,13 +281,8 @@ def add_layer_stat_block(
     return _ingest(session, job_id, layer, step, epoch, fitted, long_absent)
 
 
-def _stat_job(session: Session, job_id: str, *, create: bool = False) -> StatJob | None:
-    found = session.scalar(select(StatJob).where(StatJob.job_id == job_id))
-    if found is None and create:
-        found = StatJob(job_id=job_id, rows=0)
-        session.add(found)
-        session.flush()  # its key, before rows refer to it
-    return found
+def _stat_job(session: Session, job_id: str) -> StatJob | None:
+    return session.scalar(select(StatJob).where(StatJob.job_id == job_id))
 
 
 def _ingest(
@@ -292,10 +301,9 @@ def _ingest(
     The caller's transaction is the fence: a worker opens it with ``guard_attempt``, so a
     stale attempt's COPY never runs (the guard raises first) and a requeue waits for it.
     """
-    facts = _stat_job(session, job_id, create=True)
-    assert facts is not None
+    key = _add_facts(session, job_id, layer, step, values, absent)
     n = int(step.shape[0])
-    keys = np.full(n, facts.key, dtype=np.int64)
+    keys = np.full(n, key, dtype=np.int64)
     _bulk_write(
         session,
         _LAYER_STAT_TABLE,
@@ -305,8 +313,7 @@ def _ingest(
         np.concatenate((np.zeros((n, 4), dtype=bool), absent), axis=1),
     )
     runs = rollup.Runs.of_raw(layer, step, epoch, values, absent)
-    _write_rollup(session, facts.key, runs.reduce(rollup.segment_starts(layer, ROLLUP_ROWS)))
-    _update_facts(facts, layer, step, values, absent)
+    _write_rollup(session, key, runs.reduce(rollup.segment_starts(layer, ROLLUP_ROWS)))
     return n
 
 
@@ -325,21 +332,58 @@ def _write_rollup(session: Session, key: int, runs: rollup.Runs) -> None:
     )
 
 
-def _update_facts(
-    facts: StatJob, layer: np.ndarray, step: np.ndarray, values: np.ndarray, absent: np.ndarray
-) -> None:
-    first, last, top = int(step.min()), int(step.max()), int(layer.max())
-    facts.rows = (facts.rows or 0) + int(step.shape[0])
-    facts.first_step = first if facts.first_step is None else min(facts.first_step, first)
-    facts.last_step = last if facts.last_step is None else max(facts.last_step, last)
-    known_top = facts.max_layer_index
-    facts.max_layer_index = top if known_top is None else max(known_top, top)
+def _lesser(old: Any, new: Any) -> ColumnElement[Any]:
+    """The smaller of two nullable integers, NULL only when both are: PostgreSQL's LEAST
+    skips a NULL, SQLite's min() returns it; a CASE reads the same on both."""
+    return case((new.is_(None), old), (old.is_(None), new), (new < old, new), else_=old)
+
+
+def _greater(old: Any, new: Any) -> ColumnElement[Any]:
+    return case((new.is_(None), old), (old.is_(None), new), (new > old, new), else_=old)
+
+
+def _add_facts(
+    session: Session,
+    job_id: str,
+    layer: np.ndarray,
+    step: np.ndarray,
+    values: np.ndarray,
+    absent: np.ndarray,
+) -> int:
+    """Create or update the job's ``stat_job`` row with what these rows add (count, first
+    and last step, top layer, first non-finite step); its key.
+
+    One statement (an upsert returning the key) instead of a lookup, then an UPDATE when
+    the session flushes: the ingest's round trips are its overhead beside the COPY."""
     counts = np.where(absent[:, _NONFINITE_INDEXES], 0.0, values[:, _NONFINITE_INDEXES])
     nonfinite = (counts > 0).any(axis=1)
-    if nonfinite.any():
-        seen = int(step[nonfinite].min())
-        known = facts.first_nonfinite_step
-        facts.first_nonfinite_step = seen if known is None else min(known, seen)
+    added = {
+        "job_id": job_id,
+        "rows": int(step.shape[0]),
+        "first_step": int(step.min()),
+        "last_step": int(step.max()),
+        "max_layer_index": int(layer.max()),
+        "first_nonfinite_step": int(step[nonfinite].min()) if nonfinite.any() else None,
+    }
+    dialect = session.get_bind().dialect.name
+    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(StatJob)
+    known, new = StatJob.__table__.c, upsert.excluded
+    stmt = upsert.values(added).on_conflict_do_update(
+        index_elements=[known.job_id],
+        set_={
+            "rows": known.rows + new.rows,
+            "first_step": _lesser(known.first_step, new.first_step),
+            "last_step": _greater(known.last_step, new.last_step),
+            "max_layer_index": _greater(known.max_layer_index, new.max_layer_index),
+            "first_nonfinite_step": _lesser(known.first_nonfinite_step, new.first_nonfinite_step),
+        },
+    )
+    key = int(session.execute(stmt.returning(known.key)).scalar_one())
+    # A StatJob this session already loaded would show the old facts: reload it on use.
+    loaded = session.identity_map.get(identity_key(StatJob, key))
+    if loaded is not None:
+        session.expire(loaded)
+    return key
 
 
 def _bulk_write(
