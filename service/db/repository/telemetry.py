@@ -9,6 +9,7 @@ rollup instead, so its cost does not grow with the job.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -342,6 +343,24 @@ def _greater(old: Any, new: Any) -> ColumnElement[Any]:
     return case((new.is_(None), old), (old.is_(None), new), (new > old, new), else_=old)
 
 
+@functools.cache
+def _facts_upsert(dialect: str) -> Any:
+    """The facts' upsert in ``dialect`` (its values bound at execution), built once:
+    building its CASE expressions for every batch cost more than running it."""
+    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(StatJob)
+    known, new = StatJob.__table__.c, upsert.excluded
+    return upsert.on_conflict_do_update(
+        index_elements=[known.job_id],
+        set_={
+            "rows": known.rows + new.rows,
+            "first_step": _lesser(known.first_step, new.first_step),
+            "last_step": _greater(known.last_step, new.last_step),
+            "max_layer_index": _greater(known.max_layer_index, new.max_layer_index),
+            "first_nonfinite_step": _lesser(known.first_nonfinite_step, new.first_nonfinite_step),
+        },
+    ).returning(known.key)
+
+
 def _add_facts(
     session: Session,
     job_id: str,
@@ -365,20 +384,8 @@ def _add_facts(
         "max_layer_index": int(layer.max()),
         "first_nonfinite_step": int(step[nonfinite].min()) if nonfinite.any() else None,
     }
-    dialect = session.get_bind().dialect.name
-    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(StatJob)
-    known, new = StatJob.__table__.c, upsert.excluded
-    stmt = upsert.values(added).on_conflict_do_update(
-        index_elements=[known.job_id],
-        set_={
-            "rows": known.rows + new.rows,
-            "first_step": _lesser(known.first_step, new.first_step),
-            "last_step": _greater(known.last_step, new.last_step),
-            "max_layer_index": _greater(known.max_layer_index, new.max_layer_index),
-            "first_nonfinite_step": _lesser(known.first_nonfinite_step, new.first_nonfinite_step),
-        },
-    )
-    key = int(session.execute(stmt.returning(known.key)).scalar_one())
+    stmt = _facts_upsert(session.get_bind().dialect.name)
+    key = int(session.execute(stmt, added).scalar_one())
     # A StatJob this session already loaded would show the old facts: reload it on use.
     loaded = session.identity_map.get(identity_key(StatJob, key))
     if loaded is not None:
