@@ -14,6 +14,9 @@ binary COPY.
   copy-binary psycopg COPY ... (FORMAT BINARY) of the same raw rows, as tuples built
               beforehand (set_types), no rollup
   copy-text   psycopg COPY ... (text) of the same tuples
+  copy-packed COPY ... (FORMAT BINARY) of the same raw rows packed into one buffer
+              beforehand (numpy), written with one Copy.write: the database's own speed,
+              no client work at all
   insert      the old path: SQLAlchemy insert(LayerStat) with one dict per row
   mlflow      MlflowClient.log_batch (one metric per statistic), when mlflow is installed
 
@@ -50,6 +53,7 @@ from service.db.models import LAYER_STAT_COLUMNS, LayerStat, StatJob
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.db.session import make_engine, make_session_factory
+from service.kit import rollup
 from service.specs import ExperimentSpec
 from worker.engine.events import LayerStatsBatch
 from worker.engine.loop import train
@@ -118,6 +122,23 @@ def stored_rows(batch: LayerStatsBatch, key: int) -> list[tuple[Any, ...]]:
     ]
 
 
+def packed_rows(batch: LayerStatsBatch, key: int) -> bytes:
+    """The binary COPY data of ``stored_rows(batch, key)``, signature and trailer included."""
+    n_steps, n_layers, width = batch.values.shape
+    values = batch.values.transpose(1, 0, 2).reshape(-1, width)
+    n = values.shape[0]
+    columns = [
+        np.full(n, key),
+        np.repeat(np.arange(n_layers), n_steps),
+        np.tile(batch.steps, n_layers),
+        np.tile(batch.epochs, n_layers),
+        *values.T,
+    ]
+    absent = np.zeros((n, len(columns)), dtype=bool)
+    payload = rollup.binary_copy_rows(columns, telemetry_queries.LAYER_STAT_ROW_TYPES, absent)
+    return rollup.COPY_SIGNATURE + payload + rollup.COPY_TRAILER
+
+
 def keyed_job(factory: sessionmaker[Session]) -> tuple[str, int]:
     """A running job and its statistics key, for the plain COPY and INSERT variants."""
     job_id, _ = running_job(factory)
@@ -178,6 +199,19 @@ def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[],
 
         return run
 
+    def copy_packed() -> float:
+        _, key = keyed_job(factory)
+        payloads = [packed_rows(batch, key) for batch in batches]
+        start = time.perf_counter()
+        for payload in payloads:
+            with engine.begin() as conn:
+                raw = conn.connection.dbapi_connection
+                assert isinstance(raw, psycopg.Connection)
+                sql = f"COPY layer_stat ({columns}) FROM STDIN (FORMAT BINARY)"
+                with raw.cursor() as cursor, cursor.copy(sql) as out:
+                    out.write(payload)
+        return time.perf_counter() - start
+
     def old_insert() -> float:
         _, key = keyed_job(factory)
         names = telemetry_queries.LAYER_STAT_ROW_COLUMNS
@@ -195,6 +229,7 @@ def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[],
     if engine.dialect.name == "postgresql":
         found["copy-binary"] = copy(True)
         found["copy-text"] = copy(False)
+        found["copy-packed"] = copy_packed
     found["insert"] = old_insert
     return found
 
@@ -276,9 +311,12 @@ def main() -> None:
         print(f"{args.backend}: {rows:,} rows per variant per round, {args.rounds} rounds")
         base = statistics.median(rates.get("copy-binary", rates["insert"]))
         label = "copy-binary" if "copy-binary" in rates else "insert"
-        print(f"{'variant':<12} {'rows/s median':>14}  (min..max)        x {label}")
+        packed = statistics.median(rates["copy-packed"]) if "copy-packed" in rates else None
+        header = f"{'variant':<12} {'rows/s median':>14}  (min..max)        x {label}"
+        print(header + ("  x copy-packed" if packed else ""))
         for name, values in rates.items():
-            print(f"{name:<12} {summary(values)}  {statistics.median(values) / base:6.2f}")
+            line = f"{name:<12} {summary(values)}  {statistics.median(values) / base:6.2f}"
+            print(line + (f"  {statistics.median(values) / packed:13.2f}" if packed else ""))
         mlflow = mlflow_rows_per_s(args.mlflow_rows)
         if mlflow is None:
             print("mlflow       not installed (pip install -e '.[bench]'): skipped")
