@@ -347,6 +347,7 @@ def _greater(old: Any, new: Any) -> ColumnElement[Any]:
 def _facts_upsert(dialect: str) -> Any:
     """The facts' upsert in ``dialect`` (its values bound at execution), built once:
     building its CASE expressions for every batch cost more than running it."""
+    # The two databases trainlab runs on; both spell the upsert the same way.
     upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(StatJob)
     known, new = StatJob.__table__.c, upsert.excluded
     return upsert.on_conflict_do_update(
