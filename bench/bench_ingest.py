@@ -17,6 +17,8 @@ binary COPY.
   copy-packed COPY ... (FORMAT BINARY) of the same raw rows packed into one buffer
               beforehand (numpy), written with one Copy.write: the database's own speed,
               no client work at all
+  copy-blocks copy-packed with the batches joined as the recorder joins them (one COPY
+              and one commit per BLOCK_ROWS rows): the recorder's like-for-like floor
   insert      the old path: SQLAlchemy insert(LayerStat) with one dict per row
   mlflow      MlflowClient.log_batch (one metric per statistic), when mlflow is installed
 
@@ -57,7 +59,7 @@ from service.kit import rollup
 from service.specs import ExperimentSpec
 from worker.engine.events import LayerStatsBatch
 from worker.engine.loop import train
-from worker.recorder import Recorder, absent_stats
+from worker.recorder import Recorder, absent_stats, join_stat_batches
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 LAYERS = 100
@@ -199,9 +201,16 @@ def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[],
 
         return run
 
-    def copy_packed() -> float:
-        _, key = keyed_job(factory)
-        payloads = [packed_rows(batch, key) for batch in batches]
+    def copy_packed(joined: bool) -> Callable[[], float]:
+        def run() -> float:
+            _, key = keyed_job(factory)
+            blocks = join_stat_batches(batches) if joined else batches
+            payloads = [packed_rows(b, key) for b in blocks if isinstance(b, LayerStatsBatch)]
+            return write_packed(payloads)
+
+        return run
+
+    def write_packed(payloads: list[bytes]) -> float:
         start = time.perf_counter()
         for payload in payloads:
             with engine.begin() as conn:
@@ -229,7 +238,8 @@ def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[],
     if engine.dialect.name == "postgresql":
         found["copy-binary"] = copy(True)
         found["copy-text"] = copy(False)
-        found["copy-packed"] = copy_packed
+        found["copy-packed"] = copy_packed(False)
+        found["copy-blocks"] = copy_packed(True)
     found["insert"] = old_insert
     return found
 
@@ -319,6 +329,9 @@ def main() -> None:
         for name, values in rates.items():
             line = f"{name:<12} {summary(values)}  {statistics.median(values) / base:6.2f}"
             print(line + (f"  {statistics.median(values) / packed:13.2f}" if packed else ""))
+        if "copy-blocks" in rates:
+            ratio = statistics.median(rates["recorder"]) / statistics.median(rates["copy-blocks"])
+            print(f"recorder / copy-blocks (the same transactions): {ratio:.2f}")
         mlflow = mlflow_rows_per_s(args.mlflow_rows)
         if mlflow is None:
             print("mlflow       not installed (pip install -e '.[bench]'): skipped")
