@@ -154,9 +154,13 @@ def test_null_patterns_group_rows_by_their_nulls() -> None:
     assert same.tolist() == [[False] * 3] and none.tolist() == [0] * 4
 
 
-def test_the_bulk_write_keeps_every_pattern_of_nulls(session: Session) -> None:
+def test_the_bulk_write_keeps_every_pattern_of_nulls(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rows with many different sets of absent statistics, in any order: each stored
-    with its own NULLs (binary COPY packs each pattern of NULLs as its own record layout)."""
+    with its own NULLs (binary COPY packs each pattern of NULLs as its own record layout,
+    chunk by chunk: here 5 rows a chunk)."""
+    monkeypatch.setattr(telemetry_queries, "COPY_CHUNK_ROWS", 5)
     rng = np.random.default_rng(11)
     rows = []
     for step in range(12, 0, -1):

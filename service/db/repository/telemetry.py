@@ -113,6 +113,8 @@ _NONFINITE_INDEXES = [LAYER_STAT_COLUMNS.index("nan_count"), LAYER_STAT_COLUMNS.
 _LAYER_STAT_TABLE: Table = LayerStat.__table__  # type: ignore[assignment]
 # Raw rows a read may fetch before it reads the rollup instead (some 50 ms of fetching).
 RAW_READ_ROWS = 50_000
+# Rows of a binary COPY packed and sent at a time (~0.3 MiB).
+COPY_CHUNK_ROWS = 4_096
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -404,8 +406,9 @@ def _bulk_write(
 ) -> None:
     """Rows given as whole columns (``absent`` marks NULLs), in the session's transaction.
 
-    PostgreSQL: one binary COPY whose records numpy packs (no Python object per value);
-    SQLite: one prepared INSERT run over all rows (``executemany``)."""
+    PostgreSQL: one binary COPY whose records numpy packs (no Python object per value),
+    sent in chunks of ``COPY_CHUNK_ROWS``; SQLite: one prepared INSERT run over all rows
+    (``executemany``)."""
     if absent.shape[0] == 0:
         return
     connection = session.connection()
@@ -414,10 +417,14 @@ def _bulk_write(
     if dialect == "postgresql":
         raw = connection.connection.dbapi_connection
         assert isinstance(raw, psycopg.Connection), "PostgreSQL is reached through psycopg 3"
-        payload = rollup.binary_copy_rows(columns, types, absent)
         sql = f"COPY {table.name} ({listed}) FROM STDIN (FORMAT BINARY)"
         with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            copy.write(rollup.COPY_SIGNATURE + payload + rollup.COPY_TRAILER)
+            copy.write(rollup.COPY_SIGNATURE)
+            # In chunks: the server stores one while the next is packed.
+            for first in range(0, absent.shape[0], COPY_CHUNK_ROWS):
+                rows = slice(first, first + COPY_CHUNK_ROWS)
+                copy.write(rollup.binary_copy_rows([c[rows] for c in columns], types, absent[rows]))
+            copy.write(rollup.COPY_TRAILER)
         return
     cells = np.empty(absent.shape, dtype=object)
     for i, column in enumerate(columns):
