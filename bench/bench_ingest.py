@@ -14,6 +14,11 @@ binary COPY.
   copy-binary psycopg COPY ... (FORMAT BINARY) of the same raw rows, as tuples built
               beforehand (set_types), no rollup
   copy-text   psycopg COPY ... (text) of the same tuples
+  copy-packed COPY ... (FORMAT BINARY) of the same raw rows packed into one buffer
+              beforehand (numpy), written with one Copy.write: the database's own speed,
+              no client work at all
+  copy-blocks copy-packed with the batches joined as the recorder joins them (one COPY
+              and one commit per BLOCK_ROWS rows): the recorder's like-for-like floor
   insert      the old path: SQLAlchemy insert(LayerStat) with one dict per row
   mlflow      MlflowClient.log_batch (one metric per statistic), when mlflow is installed
 
@@ -50,10 +55,11 @@ from service.db.models import LAYER_STAT_COLUMNS, LayerStat, StatJob
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
 from service.db.session import make_engine, make_session_factory
+from service.kit import rollup
 from service.specs import ExperimentSpec
 from worker.engine.events import LayerStatsBatch
 from worker.engine.loop import train
-from worker.recorder import Recorder, absent_stats
+from worker.recorder import Recorder, absent_stats, join_stat_batches
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 LAYERS = 100
@@ -118,6 +124,23 @@ def stored_rows(batch: LayerStatsBatch, key: int) -> list[tuple[Any, ...]]:
     ]
 
 
+def packed_rows(batch: LayerStatsBatch, key: int) -> bytes:
+    """The binary COPY data of ``stored_rows(batch, key)``, signature and trailer included."""
+    n_steps, n_layers, width = batch.values.shape
+    values = batch.values.transpose(1, 0, 2).reshape(-1, width)
+    n = values.shape[0]
+    columns = [
+        np.full(n, key),
+        np.repeat(np.arange(n_layers), n_steps),
+        np.tile(batch.steps, n_layers),
+        np.tile(batch.epochs, n_layers),
+        *values.T,
+    ]
+    absent = np.zeros((n, len(columns)), dtype=bool)
+    payload = rollup.binary_copy_rows(columns, telemetry_queries.LAYER_STAT_ROW_TYPES, absent)
+    return rollup.COPY_SIGNATURE + payload + rollup.COPY_TRAILER
+
+
 def keyed_job(factory: sessionmaker[Session]) -> tuple[str, int]:
     """A running job and its statistics key, for the plain COPY and INSERT variants."""
     job_id, _ = running_job(factory)
@@ -178,6 +201,26 @@ def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[],
 
         return run
 
+    def copy_packed(joined: bool) -> Callable[[], float]:
+        def run() -> float:
+            _, key = keyed_job(factory)
+            blocks = join_stat_batches(batches) if joined else batches
+            payloads = [packed_rows(b, key) for b in blocks if isinstance(b, LayerStatsBatch)]
+            return write_packed(payloads)
+
+        return run
+
+    def write_packed(payloads: list[bytes]) -> float:
+        start = time.perf_counter()
+        for payload in payloads:
+            with engine.begin() as conn:
+                raw = conn.connection.dbapi_connection
+                assert isinstance(raw, psycopg.Connection)
+                sql = f"COPY layer_stat ({columns}) FROM STDIN (FORMAT BINARY)"
+                with raw.cursor() as cursor, cursor.copy(sql) as out:
+                    out.write(payload)
+        return time.perf_counter() - start
+
     def old_insert() -> float:
         _, key = keyed_job(factory)
         names = telemetry_queries.LAYER_STAT_ROW_COLUMNS
@@ -195,6 +238,8 @@ def variants(url: str, batches: list[LayerStatsBatch]) -> dict[str, Callable[[],
     if engine.dialect.name == "postgresql":
         found["copy-binary"] = copy(True)
         found["copy-text"] = copy(False)
+        found["copy-packed"] = copy_packed(False)
+        found["copy-blocks"] = copy_packed(True)
     found["insert"] = old_insert
     return found
 
@@ -224,7 +269,7 @@ def mlflow_rows_per_s(rows: int) -> float | None:
 def training_steps_per_s(url: str, rounds: int) -> dict[str, list[float]]:
     spec = ExperimentSpec.model_validate(
         {
-            "data": {"dataset": "moons", "train_size": 2048, "val_size": 64},
+            "data": {"dataset": "moons", "train_size": 8192, "val_size": 64},
             "model": {"depth": 8, "width": 64},
             "train": {"epochs": 2, "batch_size": 32},
             "telemetry": {"every_n_steps": 1},
@@ -236,14 +281,16 @@ def training_steps_per_s(url: str, rounds: int) -> dict[str, list[float]]:
     def discard(event: object) -> None:
         del event
 
+    train(spec, on_event=discard)  # warm-up: the process's first run took ~10 s here
     for r in range(rounds):
         for name in ("recorder", "discarded") if r % 2 == 0 else ("discarded", "recorder"):
-            start = time.perf_counter()
             if name == "recorder":
-                job_id, attempt = running_job(factory)
+                job_id, attempt = running_job(factory)  # the job's creation is not timed
+                start = time.perf_counter()
                 with Recorder(factory, job_id, attempt=attempt) as rec:
                     result = train(spec, on_event=rec.handle)
             else:
+                start = time.perf_counter()
                 result = train(spec, on_event=discard)
             results[name].append(result.steps / (time.perf_counter() - start))
     return results
@@ -276,9 +323,15 @@ def main() -> None:
         print(f"{args.backend}: {rows:,} rows per variant per round, {args.rounds} rounds")
         base = statistics.median(rates.get("copy-binary", rates["insert"]))
         label = "copy-binary" if "copy-binary" in rates else "insert"
-        print(f"{'variant':<12} {'rows/s median':>14}  (min..max)        x {label}")
+        packed = statistics.median(rates["copy-packed"]) if "copy-packed" in rates else None
+        header = f"{'variant':<12} {'rows/s median':>14}  (min..max)        x {label}"
+        print(header + ("  x copy-packed" if packed else ""))
         for name, values in rates.items():
-            print(f"{name:<12} {summary(values)}  {statistics.median(values) / base:6.2f}")
+            line = f"{name:<12} {summary(values)}  {statistics.median(values) / base:6.2f}"
+            print(line + (f"  {statistics.median(values) / packed:13.2f}" if packed else ""))
+        if "copy-blocks" in rates:
+            ratio = statistics.median(rates["recorder"]) / statistics.median(rates["copy-blocks"])
+            print(f"recorder / copy-blocks (the same transactions): {ratio:.2f}")
         mlflow = mlflow_rows_per_s(args.mlflow_rows)
         if mlflow is None:
             print("mlflow       not installed (pip install -e '.[bench]'): skipped")
@@ -286,7 +339,7 @@ def main() -> None:
             print(f"mlflow       {mlflow:>10,.0f}  log_batch, {args.mlflow_rows:,} rows")
         if args.train_rounds:
             steps = training_steps_per_s(url, args.train_rounds)
-            print("training steps/s (MLP 8x64, telemetry every step, batch 32)")
+            print("training steps/s (MLP 8x64, telemetry every step, batch 32, 512 steps a run)")
             for name, values in steps.items():
                 print(f"{name:<12} {summary(values)}")
             ratio = statistics.median(steps["recorder"]) / statistics.median(steps["discarded"])

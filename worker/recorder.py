@@ -2,8 +2,8 @@
 
 The engine calls ``Recorder.handle`` from its loop; the recorder only puts the event on a
 queue. A writer thread drains it in order, coalesces progress updates and writes layer
-statistics with one bulk write per batch (binary COPY on PostgreSQL), so a slow database
-never stalls a training step.
+statistics in bulk (binary COPY on PostgreSQL), the batches that waited together joined
+into one block per transaction, so a slow database never stalls a training step.
 
 Every transaction of the writer starts with the attempt's guard (``guard_attempt``): a
 run that lost its lease writes nothing more, and is told to stop (``stale``). Through a
@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,6 +61,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 2.0
 SMALL_EVENT_BYTES = 256
+# Statistics batches that wait together are written as one block per transaction (one
+# COPY of raw rows, one of rollup segments, one facts update) up to this many rows: the
+# joined copy (~120 B a row, a few times over while it is packed) stays a few MiB.
+BLOCK_ROWS = 32_768
 
 
 class RecorderOverflowError(RuntimeError):
@@ -117,6 +121,49 @@ def absent_stats(batch: LayerStatsBatch) -> np.ndarray:
     absent = np.zeros(batch.values.shape, dtype=bool)
     absent[:, :, _ABSENT_WHEN_NAN] = np.isnan(batch.values[:, :, _ABSENT_WHEN_NAN])
     return absent
+
+
+def _block_rows(batch: LayerStatsBatch) -> int:
+    n_steps, n_layers, _ = batch.values.shape
+    return int(n_steps * n_layers)
+
+
+def join_batches(batches: list[LayerStatsBatch]) -> LayerStatsBatch:
+    """One batch of consecutive ones (the same layers), in their order."""
+    if len(batches) == 1:
+        return batches[0]
+    return LayerStatsBatch(
+        steps=np.concatenate([b.steps for b in batches]),
+        epochs=np.concatenate([b.epochs for b in batches]),
+        values=np.concatenate([b.values for b in batches], axis=0),
+        histograms=[h for b in batches for h in b.histograms],
+    )
+
+
+def join_stat_batches(events: Sequence[object], *, max_rows: int = BLOCK_ROWS) -> list[object]:
+    """``events`` to write in one transaction, with the statistics batches joined into
+    blocks of at most ``max_rows`` rows (a single larger batch stays whole). A block never
+    spans a ``RunStarted``: what it discards must be what came before it; the other
+    events write other tables, so their order beside the blocks does not matter."""
+    joined: list[object] = []
+    block: list[LayerStatsBatch] = []
+    rows = 0
+    for event in events:
+        if isinstance(event, LayerStatsBatch):
+            fits = rows + _block_rows(event) <= max_rows
+            if block and (not fits or event.values.shape[1:] != block[0].values.shape[1:]):
+                joined.append(join_batches(block))
+                block, rows = [], 0
+            block.append(event)
+            rows += _block_rows(event)
+            continue
+        if isinstance(event, RunStarted) and block:
+            joined.append(join_batches(block))
+            block, rows = [], 0
+        joined.append(event)
+    if block:
+        joined.append(join_batches(block))
+    return joined
 
 
 def histogram_rows(batch: LayerStatsBatch) -> list[dict[str, Any]]:
@@ -344,7 +391,7 @@ class Recorder:
     def _write_events(self, events: list[object]) -> None:
         rows = 0
         with self._session() as session:
-            for event in events:
+            for event in join_stat_batches(events):
                 rows += self._write(session, event)
         self.rows_written += rows
         epochs = [event.epoch for event in events if isinstance(event, EpochEnd)]

@@ -166,6 +166,23 @@ def _field_type(kind: str, column: np.ndarray) -> str:
     return column.dtype.str if kind == "text" else _BINARY_TYPES[kind]
 
 
+def null_patterns(absent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of ``absent`` (n, m) and, per row, the index of its pattern.
+
+    Most batches have one pattern (no NULL, or the same absent statistics in every row);
+    that case costs one comparison of the matrix. Otherwise the rows are packed into bytes
+    and compared as one 1-D key each: ``np.unique(axis=0)`` on the boolean matrix sorts
+    structured rows, ~17x slower on 3,200 x 19, and was a quarter of the ingest's time."""
+    n = absent.shape[0]
+    first = absent[0]
+    if not (absent != first).any():
+        return first[np.newaxis, :], np.zeros(n, dtype=np.intp)
+    packed = np.ascontiguousarray(np.packbits(absent, axis=1))
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).reshape(n)
+    _, firsts, which = np.unique(keys, return_index=True, return_inverse=True)
+    return absent[firsts], which.reshape(-1)
+
+
 def binary_copy_rows(
     columns: Sequence[np.ndarray], types: Sequence[str], absent: np.ndarray
 ) -> bytes:
@@ -176,8 +193,7 @@ def binary_copy_rows(
     n = absent.shape[0]
     if n == 0:
         return b""
-    patterns, which = np.unique(absent, axis=0, return_inverse=True)
-    which = which.reshape(-1)
+    patterns, which = null_patterns(absent)
     chunks: list[bytes] = []
     for index, pattern in enumerate(patterns):
         rows = np.flatnonzero(which == index) if len(patterns) > 1 else slice(None)

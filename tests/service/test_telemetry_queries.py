@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from service.db.models import LAYER_STAT_COLUMNS, Job, JobTag, Layer, LayerStat, StatJob
 from service.db.repository import jobs as job_queries
 from service.db.repository import telemetry as telemetry_queries
+from service.kit import rollup
 from tests.service.conftest import stored_job
 
 
@@ -141,3 +142,69 @@ def test_facts_kept_at_ingest(session: Session) -> None:
         session=session, job_id=job_id, stats=["nan_count"], max_points=500
     )
     assert [(p[0], p[1]) for p in points] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+def test_null_patterns_group_rows_by_their_nulls() -> None:
+    rng = np.random.default_rng(5)
+    absent = rng.random((500, 19)) < 0.1
+    patterns, which = rollup.null_patterns(absent)
+    assert (patterns[which] == absent).all()
+    assert len(patterns) == len(np.unique(absent, axis=0))
+    same, none = rollup.null_patterns(np.zeros((4, 3), dtype=bool))
+    assert same.tolist() == [[False] * 3] and none.tolist() == [0] * 4
+
+
+def test_the_bulk_write_keeps_every_pattern_of_nulls(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows with many different sets of absent statistics, in any order: each stored
+    with its own NULLs (binary COPY packs each pattern of NULLs as its own record layout,
+    chunk by chunk: here 5 rows a chunk)."""
+    monkeypatch.setattr(telemetry_queries, "COPY_CHUNK_ROWS", 5)
+    rng = np.random.default_rng(11)
+    rows = []
+    for step in range(12, 0, -1):
+        for layer in range(4):
+            values: list[float | None] = rng.normal(size=len(LAYER_STAT_COLUMNS)).tolist()
+            for k in np.flatnonzero(rng.random(len(LAYER_STAT_COLUMNS)) < 0.3).tolist():
+                values[k] = None
+            rows.append((layer, step, 1, *values))
+    copied, inserted = stored_job(session), stored_job(session)
+    telemetry_queries.add_layer_stat_rows(session=session, job_id=copied, rows=rows)
+    facts = StatJob(job_id=inserted, rows=0)
+    session.add(facts)
+    session.flush()
+    names = ("layer_index", "step", "epoch", *LAYER_STAT_COLUMNS)
+    session.execute(
+        insert(LayerStat),
+        [{"job_key": facts.key, **dict(zip(names, row, strict=True))} for row in rows],
+    )
+    session.commit()
+    assert len(_stored_stats(session, copied)) == 48
+    assert _stored_stats(session, copied) == _stored_stats(session, inserted)
+
+
+def test_facts_add_up_over_ingests(session: Session) -> None:
+    """Each ingest folds its rows into the job's facts: counts add up, the first steps
+    are the smallest seen (a batch without a non-finite value keeps the known one), and a
+    StatJob the session already holds shows the new facts."""
+    job_id = stored_job(session)
+
+    def ingest(steps: range, layers: int, nan_at: int | None) -> None:
+        rows = [
+            {"layer_index": i, "step": s, "epoch": 1, "nan_count": 2.0 if s == nan_at else 0.0}
+            for i in range(layers)
+            for s in steps
+        ]
+        telemetry_queries.add_layer_stats(session=session, job_id=job_id, rows=rows)
+
+    ingest(range(10, 20), 2, nan_at=15)
+    facts = session.scalars(select(StatJob).where(StatJob.job_id == job_id)).one()
+    assert (facts.rows, facts.first_nonfinite_step) == (20, 15)
+    ingest(range(20, 30), 3, nan_at=None)
+    ingest(range(5, 8), 1, nan_at=6)
+    ingest(range(30, 31), 1, nan_at=30)
+    assert (facts.rows, facts.first_step, facts.last_step) == (54, 5, 30)
+    assert (facts.max_layer_index, facts.first_nonfinite_step) == (2, 6)
+    session.commit()
+    assert telemetry_queries.first_nonfinite_step(session=session, job_id=job_id) == 6

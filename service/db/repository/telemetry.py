@@ -9,6 +9,7 @@ rollup instead, so its cost does not grow with the job.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +35,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from service.db.base import utcnow
 from service.db.models import (
@@ -116,6 +119,8 @@ RAW_READ_ROWS = 50_000
 _NO_INTS = np.zeros(0, dtype=np.int64)
 # NULL flags packed per int4 (its sign bit left alone).
 _MASK_BITS = 31
+# Rows of a binary COPY packed and sent at a time (~0.3 MiB).
+COPY_CHUNK_ROWS = 4_096
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -285,13 +290,8 @@ def add_layer_stat_block(
     return _ingest(session, job_id, layer, step, epoch, fitted, long_absent)
 
 
-def _stat_job(session: Session, job_id: str, *, create: bool = False) -> StatJob | None:
-    found = session.scalar(select(StatJob).where(StatJob.job_id == job_id))
-    if found is None and create:
-        found = StatJob(job_id=job_id, rows=0)
-        session.add(found)
-        session.flush()  # its key, before rows refer to it
-    return found
+def _stat_job(session: Session, job_id: str) -> StatJob | None:
+    return session.scalar(select(StatJob).where(StatJob.job_id == job_id))
 
 
 def _ingest(
@@ -310,10 +310,9 @@ def _ingest(
     The caller's transaction is the fence: a worker opens it with ``guard_attempt``, so a
     stale attempt's COPY never runs (the guard raises first) and a requeue waits for it.
     """
-    facts = _stat_job(session, job_id, create=True)
-    assert facts is not None
+    key = _add_facts(session, job_id, layer, step, values, absent)
     n = int(step.shape[0])
-    keys = np.full(n, facts.key, dtype=np.int64)
+    keys = np.full(n, key, dtype=np.int64)
     _bulk_write(
         session,
         _LAYER_STAT_TABLE,
@@ -323,8 +322,7 @@ def _ingest(
         np.concatenate((np.zeros((n, 4), dtype=bool), absent), axis=1),
     )
     runs = rollup.Runs.of_raw(layer, step, epoch, values, absent)
-    _write_rollup(session, facts.key, runs.reduce(rollup.segment_starts(layer, ROLLUP_ROWS)))
-    _update_facts(facts, layer, step, values, absent)
+    _write_rollup(session, key, runs.reduce(rollup.segment_starts(layer, ROLLUP_ROWS)))
     return n
 
 
@@ -343,21 +341,65 @@ def _write_rollup(session: Session, key: int, runs: rollup.Runs) -> None:
     )
 
 
-def _update_facts(
-    facts: StatJob, layer: np.ndarray, step: np.ndarray, values: np.ndarray, absent: np.ndarray
-) -> None:
-    first, last, top = int(step.min()), int(step.max()), int(layer.max())
-    facts.rows = (facts.rows or 0) + int(step.shape[0])
-    facts.first_step = first if facts.first_step is None else min(facts.first_step, first)
-    facts.last_step = last if facts.last_step is None else max(facts.last_step, last)
-    known_top = facts.max_layer_index
-    facts.max_layer_index = top if known_top is None else max(known_top, top)
+def _lesser(old: Any, new: Any) -> ColumnElement[Any]:
+    """The smaller of two nullable integers, NULL only when both are: PostgreSQL's LEAST
+    skips a NULL, SQLite's min() returns it; a CASE reads the same on both."""
+    return case((new.is_(None), old), (old.is_(None), new), (new < old, new), else_=old)
+
+
+def _greater(old: Any, new: Any) -> ColumnElement[Any]:
+    return case((new.is_(None), old), (old.is_(None), new), (new > old, new), else_=old)
+
+
+@functools.cache
+def _facts_upsert(dialect: str) -> Any:
+    """The facts' upsert in ``dialect`` (its values bound at execution), built once:
+    building its CASE expressions for every batch cost more than running it."""
+    # The two databases trainlab runs on; both spell the upsert the same way.
+    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(StatJob)
+    known, new = StatJob.__table__.c, upsert.excluded
+    return upsert.on_conflict_do_update(
+        index_elements=[known.job_id],
+        set_={
+            "rows": known.rows + new.rows,
+            "first_step": _lesser(known.first_step, new.first_step),
+            "last_step": _greater(known.last_step, new.last_step),
+            "max_layer_index": _greater(known.max_layer_index, new.max_layer_index),
+            "first_nonfinite_step": _lesser(known.first_nonfinite_step, new.first_nonfinite_step),
+        },
+    ).returning(known.key)
+
+
+def _add_facts(
+    session: Session,
+    job_id: str,
+    layer: np.ndarray,
+    step: np.ndarray,
+    values: np.ndarray,
+    absent: np.ndarray,
+) -> int:
+    """Create or update the job's ``stat_job`` row with what these rows add (count, first
+    and last step, top layer, first non-finite step); its key.
+
+    One statement (an upsert returning the key) instead of a lookup, then an UPDATE when
+    the session flushes: the ingest's round trips are its overhead beside the COPY."""
     counts = np.where(absent[:, _NONFINITE_INDEXES], 0.0, values[:, _NONFINITE_INDEXES])
     nonfinite = (counts > 0).any(axis=1)
-    if nonfinite.any():
-        seen = int(step[nonfinite].min())
-        known = facts.first_nonfinite_step
-        facts.first_nonfinite_step = seen if known is None else min(known, seen)
+    added = {
+        "job_id": job_id,
+        "rows": int(step.shape[0]),
+        "first_step": int(step.min()),
+        "last_step": int(step.max()),
+        "max_layer_index": int(layer.max()),
+        "first_nonfinite_step": int(step[nonfinite].min()) if nonfinite.any() else None,
+    }
+    stmt = _facts_upsert(session.get_bind().dialect.name)
+    key = int(session.execute(stmt, added).scalar_one())
+    # A StatJob this session already loaded would show the old facts: reload it on use.
+    loaded = session.identity_map.get(identity_key(StatJob, key))
+    if loaded is not None:
+        session.expire(loaded)
+    return key
 
 
 def _bulk_write(
@@ -370,8 +412,9 @@ def _bulk_write(
 ) -> None:
     """Rows given as whole columns (``absent`` marks NULLs), in the session's transaction.
 
-    PostgreSQL: one binary COPY whose records numpy packs (no Python object per value);
-    SQLite: one prepared INSERT run over all rows (``executemany``)."""
+    PostgreSQL: one binary COPY whose records numpy packs (no Python object per value),
+    sent in chunks of ``COPY_CHUNK_ROWS``; SQLite: one prepared INSERT run over all rows
+    (``executemany``)."""
     if absent.shape[0] == 0:
         return
     connection = session.connection()
@@ -380,10 +423,14 @@ def _bulk_write(
     if dialect == "postgresql":
         raw = connection.connection.dbapi_connection
         assert isinstance(raw, psycopg.Connection), "PostgreSQL is reached through psycopg 3"
-        payload = rollup.binary_copy_rows(columns, types, absent)
         sql = f"COPY {table.name} ({listed}) FROM STDIN (FORMAT BINARY)"
         with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            copy.write(rollup.COPY_SIGNATURE + payload + rollup.COPY_TRAILER)
+            copy.write(rollup.COPY_SIGNATURE)
+            # In chunks: the server stores one while the next is packed.
+            for first in range(0, absent.shape[0], COPY_CHUNK_ROWS):
+                rows = slice(first, first + COPY_CHUNK_ROWS)
+                copy.write(rollup.binary_copy_rows([c[rows] for c in columns], types, absent[rows]))
+            copy.write(rollup.COPY_TRAILER)
         return
     cells = np.empty(absent.shape, dtype=object)
     for i, column in enumerate(columns):
