@@ -19,7 +19,12 @@ statistics) for the old queries. Then interleaved rounds, median (min..max) in m
                /diagnosis, one after another (the browser sends them at once), with the
                point form ("api") and with the columnar one the dashboard now asks for
                ("columns api"); "step refresh": what it fetches when a running job
-               moved on a step (/v1/jobs/{id}, gradients-9 as columns, /diagnosis)
+               moved on a step (/v1/jobs/{id}, gradients-9 as columns, /diagnosis);
+               "page load" / "page refresh": the same with what the dashboard sends
+               now instead of gradients-9 (views/job.js statistics(): 4 statistics
+               over steps, then the 5 activation statistics at the last step and at
+               the last step with a finite gradient norm, one row per layer each)
+        page-statistics  that statistics() part alone, beside gradients-9 columns
   typical      the same on a 21 x 240 job
 
 Then bytes per statistic row: pg_total_relation_size (heap, index, TOAST) / rows, for
@@ -265,6 +270,28 @@ def new_layer_arrays(session: Session, job_id: str, stats: list[str], max_points
     )
 
 
+PAGE_STEP_STATS = ["grad_norm", "update_ratio", "nan_count", "inf_count"]
+PAGE_ACTIVATION_STATS = ["act_saturation", "act_mean", "act_std", "preact_mean", "preact_std"]
+
+
+def activation_steps(answer: dict[str, Any]) -> set[int]:
+    """The steps views/job.js asks the activation statistics at: each layer's last step
+    and its last step with a finite gradient norm (a non-finite one is a string)."""
+    steps: set[int] = set()
+    for series in answer["series"]:
+        columns = series["columns"]
+        if columns["step"]:
+            steps.add(columns["step"][-1])
+        finite = [
+            step
+            for step, value in zip(columns["step"], columns["grad_norm"], strict=True)
+            if isinstance(value, int | float)
+        ]
+        if finite:
+            steps.add(finite[-1])
+    return steps
+
+
 def timed(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
@@ -277,6 +304,10 @@ def variants(
     nine = ["grad_norm", "update_ratio", "act_saturation", "act_mean", "act_std"]
     nine += ["preact_mean", "preact_std", "nan_count", "inf_count"]
     nine_query = "&".join(f"stat={s}" for s in nine)
+    # The dashboard's page (views/job.js): four statistics over steps, the activation
+    # statistics at the steps it draws them.
+    page_steps_query = "&".join(f"stat={s}" for s in PAGE_STEP_STATS) + "&max_points=300"
+    page_activations_query = "&".join(f"stat={s}" for s in PAGE_ACTIVATION_STATS)
 
     def get(path: str) -> Callable[[], object]:
         def run() -> object:
@@ -311,6 +342,37 @@ def variants(
         ]
         return lambda: [get(p)() for p in paths]
 
+    def page_statistics(job_id: str) -> Callable[[], object]:
+        """What views/job.js statistics() sends: the step statistics, then the
+        activation statistics at each step the page draws them at. Those steps are read
+        from the first answer once, before the rounds: parsing its JSON is the browser's
+        work, not the server's, and no other variant times a client's parse."""
+        steps_path = f"/v1/jobs/{job_id}/gradients?{page_steps_query}{COLUMNS}"
+        steps = sorted(activation_steps(client.get(steps_path).raise_for_status().json()))
+        paths = [steps_path] + [
+            f"/v1/jobs/{job_id}/gradients?{page_activations_query}"
+            f"&from_step={step}&to_step={step}&max_points=2{COLUMNS}"
+            for step in steps
+        ]
+        return lambda: [get(p)() for p in paths]
+
+    def page_load(job_id: str) -> Callable[[], object]:
+        statistics_of_page = page_statistics(job_id)
+        paths = [f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/metrics", f"/v1/jobs/{job_id}/layers"]
+        return lambda: (
+            [get(p)() for p in paths],
+            statistics_of_page(),
+            get(f"/v1/jobs/{job_id}/diagnosis")(),
+        )
+
+    def page_refresh(job_id: str) -> Callable[[], object]:
+        statistics_of_page = page_statistics(job_id)
+        return lambda: (
+            get(f"/v1/jobs/{job_id}")(),
+            statistics_of_page(),
+            get(f"/v1/jobs/{job_id}/diagnosis")(),
+        )
+
     found: dict[str, Callable[[], object]] = {}
     for label, job_id in (("long", long_id), ("typical", typical_id)):
         found[f"{label} gradients api"] = get(
@@ -344,6 +406,9 @@ def variants(
         found[f"{label} dashboard api"] = dashboard(job_id, "")
         found[f"{label} dashboard columns api"] = dashboard(job_id, COLUMNS)
         found[f"{label} dashboard step refresh"] = step_refresh(job_id)
+        found[f"{label} page-statistics columns api"] = page_statistics(job_id)
+        found[f"{label} dashboard page load"] = page_load(job_id)
+        found[f"{label} dashboard page refresh"] = page_refresh(job_id)
         found[f"{label} one layer api"] = get(
             f"/v1/jobs/{job_id}/gradients?layer=0&stat=grad_norm&max_points=500"
         )
@@ -404,7 +469,20 @@ def main() -> None:
                 )
             points = statistics.median(times[f"{label} dashboard api"])
             columns = statistics.median(times[f"{label} dashboard columns api"])
-            print(f"  {label} dashboard: points / columns = {points / columns:.1f}x")
+            nine = statistics.median(times[f"{label} gradients-9 columns api"])
+            page_reads = statistics.median(times[f"{label} page-statistics columns api"])
+            print(
+                f"  {label} statistics: gradients-9 columns / the page's reads = "
+                f"{nine / page_reads:.1f}x"
+            )
+            page = statistics.median(times[f"{label} dashboard page load"])
+            print(
+                f"  {label} dashboard: points / columns = {points / columns:.1f}x, "
+                f"columns (9 statistics) / page load = {columns / page:.1f}x"
+            )
+            refresh = statistics.median(times[f"{label} dashboard step refresh"])
+            page_refresh = statistics.median(times[f"{label} dashboard page refresh"])
+            print(f"  {label} refresh: 9 statistics / page refresh = {refresh / page_refresh:.1f}x")
 
 
 if __name__ == "__main__":

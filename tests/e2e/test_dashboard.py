@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -178,6 +179,59 @@ def test_job_page_shows_vanishing_gradients_of_the_design_example(
     header = Path(download.value.path()).read_text().splitlines()[0]
     assert header.startswith("step,0 hidden.0.linear,1 hidden.1.linear")
     _shot(page, "job")
+
+
+def test_job_page_draws_a_diverged_jobs_activations_at_its_last_finite_gradients(
+    page: Page, embedded_stack: Stack
+) -> None:
+    # The page asks for the activation statistics only at the steps it draws them
+    # (views/job.js statistics()): here the vanishing picture's step, the last one whose
+    # gradient norm is finite, earlier than the job's last recorded step.
+    # SGD at the largest learning rate the spec allows: the loss is NaN within an epoch.
+    spec = {
+        "data": {"dataset": "spirals", "train_size": 256, "val_size": 64},
+        "model": {"depth": 3, "width": 32, "activation": "relu"},
+        "train": {"epochs": 5, "batch_size": 32, "lr": 10.0, "checkpoint_every": 0},
+        "telemetry": {"every_n_steps": 2, "activations": True},
+    }
+    job_id = embedded_stack.client.post("/v1/jobs", json=spec).json()["id"]
+    embedded_stack.wait_for(job_id, {"succeeded", "failed"})
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/gradients?" in r.url else None)
+    page.goto(f"{embedded_stack.url}/dashboard#/jobs/{job_id}")
+    expect(page.get_by_test_id("nonfinite-table")).to_be_visible()
+    note = page.get_by_test_id("plot-vanishing-note")
+    expect(note).to_contain_text("Step ")
+    match = re.search(r"Step (\d+)\.", note.inner_text())
+    assert match is not None, note.inner_text()
+    step = int(match.group(1))
+
+    at_step = embedded_stack.client.get(
+        f"/v1/jobs/{job_id}/gradients",
+        params={"stat": "act_saturation", "from_step": step, "to_step": step},
+    )
+    expected = {
+        s["layer_index"]: s["points"][0]["act_saturation"]
+        for s in at_step.raise_for_status().json()["series"]
+        if s["points"] and isinstance(s["points"][0]["act_saturation"], float)
+    }
+    assert expected, "no finite activation statistics at the pictured step"
+    with page.expect_download() as download:
+        page.get_by_test_id("export-json-vanishing").click()
+    rows = json.loads(Path(download.value.path()).read_text())
+    saturation = {row["layer"]: list(row.values())[2] for row in rows}
+    for layer, value in expected.items():
+        assert saturation[layer] == pytest.approx(value), (layer, saturation)
+    expect(page.get_by_test_id("plot-activations").locator("canvas").first).to_be_visible()
+    # Over steps only what is drawn over steps; the activation statistics at single steps.
+    for url in asked:
+        query = parse_qs(urlsplit(url).query)
+        if "act_saturation" in query["stat"]:
+            assert "from_step" in query and query["from_step"] == query.get("to_step"), url
+        else:
+            assert set(query["stat"]) <= {"grad_norm", "update_ratio", "nan_count", "inf_count"}
+    assert len(asked) == 3, asked  # over steps; at the last step; at the pictured step
+    _shot(page, "job-diverged")
 
 
 def test_failed_job_shows_its_error_not_no_problems(page: Page, embedded_stack: Stack) -> None:

@@ -10,8 +10,15 @@ import {
   axis, distinctValues, STEP_INCRS, referenceLines, drawHeatmap, drawHistogram,
 } from "../charts.js";
 
+// About 4 px per point on a wide panel: each point keeps its bucket's min and max, so a
+// spike or a NaN is not lost to the narrower chart.
 const MAX_POINTS = 300;
-const STATS = ["grad_norm", "update_ratio", "act_saturation", "act_mean", "act_std", "preact_mean", "preact_std", "nan_count", "inf_count"];
+// What the page draws over steps: the heatmap and lines (grad_norm, update_ratio), the
+// NaN/Inf table. The activation statistics are drawn at one step only, so they are asked
+// for at that step (ACTIVATION_STATS): on a 1 M-row job the nine statistics over steps
+// were 8 MB of JSON and most of the page's load.
+const STEP_STATS = ["grad_norm", "update_ratio", "nan_count", "inf_count"];
+const ACTIVATION_STATS = ["act_saturation", "act_mean", "act_std", "preact_mean", "preact_std"];
 const GROUPS = [
   ["weight", "weight layers"],
   ["norm", "norm layers"],
@@ -81,8 +88,7 @@ export function renderJob(ctx, view, jobId) {
     const [metrics, layers, grads, diagnosis] = await Promise.all([
       same && fetched.epoch === epoch ? fetched.metrics : api(`/v1/jobs/${id}/metrics`),
       fetched && fetched.layers.length ? fetched.layers : api(`/v1/jobs/${id}/layers`),
-      same && fetched.step === step ? fetched.grads
-        : gradients(`/v1/jobs/${id}/gradients?${STATS.map((s) => `stat=${s}`).join("&")}&max_points=${MAX_POINTS}`),
+      same && fetched.step === step ? fetched.grads : statistics(id),
       same && fetched.step === step && fetched.epoch === epoch ? fetched.diagnosis : api(`/v1/jobs/${id}/diagnosis`),
     ]);
     if (!ctx.alive) return false;
@@ -109,6 +115,36 @@ export function renderJob(ctx, view, jobId) {
   }
 
   ctx.live(`/v1/jobs/${id}/events`, load);
+}
+
+const statQuery = (stats) => stats.map((s) => `stat=${s}`).join("&");
+
+// The statistics the page draws: STEP_STATS over steps, and ACTIVATION_STATS merged into
+// the points where the vanishing picture and the activations panel read them: each
+// layer's latest step, and its latest step with a finite gradient norm (on a diverged
+// job, earlier: the picture shows the gradients before they went NaN). Each is one
+// single-step read (one row per layer); there are two only when the job diverged.
+async function statistics(id) {
+  const grads = await gradients(`/v1/jobs/${id}/gradients?${statQuery(STEP_STATS)}&max_points=${MAX_POINTS}`);
+  const wanted = new Set();
+  for (const s of grads.series) {
+    if (s.points.length) wanted.add(s.points[s.points.length - 1].step);
+    const point = latestPoint(s, "grad_norm");
+    if (point) wanted.add(point.step);
+  }
+  const atSteps = await Promise.all([...wanted].map((step) => gradients(
+    `/v1/jobs/${id}/gradients?${statQuery(ACTIVATION_STATS)}&from_step=${step}&to_step=${step}&max_points=2`)));
+  const byLayerStep = new Map();
+  for (const answer of atSteps) {
+    for (const s of answer.series) for (const point of s.points) byLayerStep.set(`${s.layer_index}:${point.step}`, point);
+  }
+  for (const s of grads.series) {
+    for (const point of s.points) {
+      const activations = byLayerStep.get(`${s.layer_index}:${point.step}`);
+      if (activations) for (const stat of ACTIVATION_STATS) point[stat] = activations[stat];
+    }
+  }
+  return grads;
 }
 
 function outputClasses(layers) {
