@@ -488,8 +488,10 @@ function renderNonFinite(pnl, series) {
     let nan = 0;
     let inf = 0;
     for (const p of s.points) {
-      const a = num(p.nan_count) || 0;
-      const b = num(p.inf_count) || 0;
+      // A downsampled point stands for a bucket: its max, not its last value, says
+      // whether any step in it counted a NaN or an Inf.
+      const a = Math.max(num(p.nan_count) || 0, num(p.nan_count_max) || 0);
+      const b = Math.max(num(p.inf_count) || 0, num(p.inf_count_max) || 0);
       if (a || b) {
         steps++;
         if (first == null) first = p.step;
