@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -120,9 +120,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Requests do not ping each connection they check out (see service.db.session).
     engine = engine_for(settings, ping="idle")
 
+    reads = DatabaseReads(
+        reading_engine(engine),
+        ThreadPoolExecutor(_pooled_connections(engine), thread_name_prefix="database-read"),
+    )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        reads.close()
         engine.dispose()
 
     app = FastAPI(
@@ -143,9 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage_url=settings.rate_limit_storage_url,
     )
     app.state.session_factory = make_session_factory(engine)
-    app.state.database_reads = DatabaseReads(
-        reading_engine(engine), anyio.CapacityLimiter(_pooled_connections(engine))
-    )
+    app.state.database_reads = reads
     registry = CollectorRegistry()
     registry.register(JobCountCollector(app.state.session_factory))
     registry.register(QueueAndRunCollector(app.state.session_factory))
