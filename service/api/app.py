@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -120,9 +121,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Requests do not ping each connection they check out (see service.db.session).
     engine = engine_for(settings, ping="idle")
 
+    read_threads = _pooled_connections(engine)
     reads = DatabaseReads(
         reading_engine(engine),
-        ThreadPoolExecutor(_pooled_connections(engine), thread_name_prefix="database-read"),
+        anyio.CapacityLimiter(read_threads),
+        ThreadPoolExecutor(read_threads, thread_name_prefix="database-read"),
     )
 
     @asynccontextmanager
