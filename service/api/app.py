@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -121,17 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Requests do not ping each connection they check out (see service.db.session).
     engine = engine_for(settings, ping="idle")
 
-    read_threads = _pooled_connections(engine)
-    reads = DatabaseReads(
-        reading_engine(engine),
-        anyio.CapacityLimiter(read_threads),
-        ThreadPoolExecutor(read_threads, thread_name_prefix="database-read"),
-    )
-
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        reads.close()
         engine.dispose()
 
     app = FastAPI(
@@ -152,7 +143,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         storage_url=settings.rate_limit_storage_url,
     )
     app.state.session_factory = make_session_factory(engine)
-    app.state.database_reads = reads
+    app.state.database_reads = DatabaseReads(
+        reading_engine(engine), anyio.CapacityLimiter(_pooled_connections(engine))
+    )
     registry = CollectorRegistry()
     registry.register(JobCountCollector(app.state.session_factory))
     registry.register(QueueAndRunCollector(app.state.session_factory))

@@ -9,10 +9,7 @@ tell that the id exists).
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -58,32 +55,17 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DatabaseReads:
-    """Runs blocking reads in worker threads of their own, no more at once than the pool
-    keeps connections. With 50 polling clients, up to 40 threads (anyio's default) reached
-    for a pool of 5: they queued on the pool's lock, and each connection past the five was
+    """Runs blocking reads in worker threads, no more at once than the pool keeps
+    connections. With 50 polling clients, up to 40 threads (anyio's default) reached for
+    a pool of 5: they queued on the pool's lock, and each connection past the five was
     opened for one read and closed after it (on PostgreSQL a new server session each
-    time). Past the limit, a read waits on the event loop, for free.
-
-    The hand-off is a ``ThreadPoolExecutor``'s (a C ``SimpleQueue`` put and a future)
-    rather than ``anyio.to_thread``'s, which also looks up the backend, opens a cancel
-    scope and puts to a ``queue.Queue`` (a Python condition variable): ~10% of the CPU of
-    a job read. The limiter stays on the event loop: with reads queued in the executor
-    instead, its threads ran them back to back and kept the GIL from the loop, and the
-    p99 latency of 50 pollers rose by half. A read never runs on the event loop: a
-    locked SQLite file or a frozen PostgreSQL server blocks a worker thread."""
+    time). Past the limit, a read now waits on the event loop instead, for free."""
 
     engine: Engine  # session.reading_engine
     limiter: anyio.CapacityLimiter
-    executor: ThreadPoolExecutor
 
     async def run(self, read: Callable[..., T], /, **kwargs: Any) -> T:
-        # The caller's context goes with the read, as anyio's to_thread does.
-        call = partial(contextvars.copy_context().run, read, **kwargs)
-        async with self.limiter:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, call)
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        return await anyio.to_thread.run_sync(partial(read, **kwargs), limiter=self.limiter)
 
 
 async def get_database_reads(request: Request) -> DatabaseReads:
