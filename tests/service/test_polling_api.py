@@ -4,14 +4,18 @@ while nothing changed, and the fast read path keeps the key, owner and rate chec
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from service import jobs as service_jobs
 from service.api import conditional
 from service.api.app import create_app
 from service.config import Settings
@@ -138,3 +142,32 @@ def test_concurrent_reads_hold_no_more_connections_than_the_pool_keeps(
 
     assert asyncio.run(poll()) == [200] * 30
     assert 1 <= most <= pool.size()
+
+
+def test_a_blocked_read_leaves_the_event_loop_free(
+    settings: Settings, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A locked SQLite file or a frozen PostgreSQL server blocks the read that meets it:
+    # that must be a worker thread, never the event loop that serves every other request.
+    job_id = stored_job(session)
+    app = create_app(settings)
+    loop_ran = threading.Event()
+    real_read = service_jobs.read_job
+
+    def blocked_read(**kwargs: Any) -> dict[str, Any]:
+        # On the event loop this wait would time out: nothing else could run to set it.
+        assert loop_ran.wait(timeout=5), "the read ran on the event loop"
+        result: dict[str, Any] = real_read(**kwargs)
+        return result
+
+    monkeypatch.setattr(service_jobs, "read_job", blocked_read)
+
+    async def poll_while_the_loop_runs() -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            read = asyncio.ensure_future(client.get(f"/v1/jobs/{job_id}"))
+            await asyncio.sleep(0.05)
+            loop_ran.set()
+            return (await read).status_code
+
+    assert asyncio.run(poll_while_the_loop_runs()) == 200
