@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
@@ -128,3 +130,43 @@ def test_a_dataset_in_use_by_an_active_job_cannot_be_deleted(client: TestClient)
     assert client.delete(f"/v1/datasets/{ds}").status_code == 409
     assert client.post(f"/v1/jobs/{job}/cancel").status_code == 200
     assert client.delete(f"/v1/datasets/{ds}").status_code == 204
+
+
+def test_api_processes_sharing_a_redis_store_share_one_request_budget(
+    tmp_path: Path, db_url: str
+) -> None:
+    # Two apps stand for two API processes; the counters live in the test Redis (db 15).
+    import uuid
+
+    import redis
+
+    from tests.integration.conftest import REDIS_URL
+
+    store = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        store.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"Redis at {REDIS_URL} unreachable: {exc}")
+    name = f"shared-{uuid.uuid4().hex[:12]}"  # counters are keyed by the key's name
+    key = f"tlk_{name}-secret"
+    settings = make_settings(
+        tmp_path,
+        db_url,
+        api_keys=[f"{name}={_entry(key)}"],
+        rate_limit="3/hour",
+        rate_limit_storage_url=REDIS_URL,
+    )
+    try:
+        with TestClient(create_app(settings)) as one, TestClient(create_app(settings)) as two:
+            headers = {"X-API-Key": key}
+            answers = [c.get("/v1/jobs", headers=headers).status_code for c in (one, two, one)]
+            assert answers == [200, 200, 200]
+            limited = two.get("/v1/jobs", headers=headers)
+            assert limited.status_code == 429, limited.text
+            assert 1 <= int(limited.headers["Retry-After"]) <= 3600
+    finally:
+        for counter in store.scan_iter(match=f"*{name}*"):
+            store.delete(counter)
+        store.close()
