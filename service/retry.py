@@ -22,7 +22,7 @@ from service.errors import ErrorItem, InvalidRequest, SpecInvalid
 from service.keys import Principal
 from service.kit import specpath
 from service.specs import ExperimentSpec
-from service.sweeps import SWEEP_TAG_PREFIX
+from service.sweeps import NAME_MAX, SWEEP_TAG_PREFIX, point_label
 
 Apply = Literal["suggested"]
 PATCH_LOC: tuple[str, ...] = ("body", "patch")
@@ -77,6 +77,11 @@ def patched_spec(parent: Job, patch: Mapping[str, Any]) -> ExperimentSpec:
     document = dict(parent.spec)
     # A retry is not a point of the parent's sweep (it has no sweep_id): its tag goes.
     document["tags"] = [t for t in document.get("tags", []) if not t.startswith(SWEEP_TAG_PREFIX)]
+    if parent.sweep_id is not None and "name" not in patch:
+        # A sweep job's name spells its grid point, which the patch may contradict: say
+        # what changed (a job submitted by hand keeps the name its author gave it).
+        changed = point_label({k: v for k, v in patch.items() if k != "name"})
+        document["name"] = f"{parent.name or ''} → {changed}".strip()[:NAME_MAX]
     try:
         return ExperimentSpec.model_validate(specpath.with_values(document, patch))
     except ValidationError as exc:

@@ -147,6 +147,10 @@ def test_a_sweep_jobs_retry_is_not_tagged_as_a_point_of_the_sweep(client: TestCl
     job_id = sweep["jobs"][0]["id"]
     child = _retry(client, job_id, {"patch": {"model.activation": "relu"}}).json()
     assert child["tags"] == ["vanishing"] and child["parent_id"] == job_id
+    # Its name no longer claims the point it was: it says what the retry changed.
+    assert child["name"] == f"{sweep['jobs'][0]['name']} → model.activation=relu"
+    renamed = _retry(client, job_id, {"patch": {"name": "mine", "model.depth": 4}}).json()
+    assert renamed["name"] == "mine"
 
 
 def _hashed(key: str) -> str:
