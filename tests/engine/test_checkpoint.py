@@ -37,6 +37,7 @@ def _stop_at(step: int) -> Any:
         ({"model__norm": "batch", "train__grad_clip": 0.5, "train__l2": 0.01}, 20),
     ],
 )
+@pytest.mark.filterwarnings(r"error:Detected call of `lr_scheduler\.step\(\)`")  # a false alarm
 def test_a_resumed_run_ends_where_the_uninterrupted_one_does(
     overrides: dict[str, Any], stop: int
 ) -> None:

@@ -31,6 +31,7 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, astuple, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 VAL_BATCH = 4096  # validation needs no gradients: big batches, few kernel launches
 NORM_KINDS = frozenset({"batchnorm", "layernorm", "groupnorm"})
 ADAMW_DEFAULT_WEIGHT_DECAY = 0.01
+SCHEDULER_ORDER_WARNING = r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
 
 
 def _no_events(event: Event) -> None:
@@ -500,7 +502,12 @@ def train(
             val_loss, val_acc = trainer.evaluate(data.x_val, data.y_val)
             last = EpochEnd(epoch, train_loss, train_acc, val_loss, val_acc, trainer.lr(), seconds)
             on_event(last)
-            trainer.schedule.step()
+            with warnings.catch_warnings():
+                # Resumed at an epoch's last step, this process has not stepped the
+                # optimizer yet (nor has fp16's scaler after an overflow): PyTorch's order
+                # check warns although the schedule counts epochs right.
+                warnings.filterwarnings("ignore", message=SCHEDULER_ORDER_WARNING)
+                trainer.schedule.step()
             if not math.isfinite(train_loss):
                 diverged = True
                 break
