@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+from billiard.process import BaseProcess
 from celery.signals import (
     worker_init,
     worker_process_shutdown,
@@ -306,10 +307,24 @@ def _stop_running_jobs_gracefully(sig: str = "", how: str = "", **_: Any) -> Non
         _reconciler.stopping.set()
     if _pool_is_solo:
         return
-    for child in active_children():
+    for child in _children_running_jobs(active_children()):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGTERM)
     logger.info("%s (%s): asked the pool's running jobs to checkpoint and requeue", sig, how)
+
+
+def _children_running_jobs(children: Sequence[BaseProcess]) -> list[BaseProcess]:
+    """The pool children that hold a job. An idle child is left to the pool's own
+    shutdown: SIGTERM would kill it, Celery would log that as an error and fork a
+    replacement in the middle of stopping. While a job is on its way to a child that has
+    not yet said which one it is, every child is asked, as a busy one would be."""
+    from celery.worker import state
+
+    requests = [*state.reserved_requests, *state.active_requests]
+    if any(request.worker_pid is None for request in requests):
+        return list(children)
+    busy = {request.worker_pid for request in requests}
+    return [child for child in children if child.pid in busy]
 
 
 @worker_shutdown.connect
