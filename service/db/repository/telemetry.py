@@ -780,30 +780,6 @@ def list_layer_stat_runs(
     return runs.reduce(rollup.bucket_starts(runs.layer, runs.step, lo, width))
 
 
-def list_layer_stats(
-    *,
-    session: Session,
-    job_id: str,
-    stats: Sequence[str],
-    layer_indexes: Sequence[int] | None = None,
-    from_step: int | None = None,
-    to_step: int | None = None,
-    max_points: int = 500,
-) -> Sequence[StatRow]:
-    """Rows (layer_index, step, epoch, *stats): each point's last values, as
-    ``list_layer_stat_points`` downsamples them."""
-    points = list_layer_stat_points(
-        session=session,
-        job_id=job_id,
-        stats=stats,
-        layer_indexes=layer_indexes,
-        from_step=from_step,
-        to_step=to_step,
-        max_points=max_points,
-    )
-    return [point[: 3 + len(stats)] for point in points]
-
-
 def list_late_layer_stats(
     *, session: Session, job_id: str, stats: Sequence[str], max_steps: int = 2000
 ) -> Sequence[Row[Any]]:
@@ -969,7 +945,8 @@ def compare_layer_stat(
     # different lengths would keep different steps and not line up on step.
     longest = select(*inner.c, func.max(inner.c.n).over().label("longest")).subquery()
     rn, n, n_max = longest.c.rn, longest.c.n, longest.c.longest
-    stride = (n_max - 2) // (max_points - 1) + 1  # `//`: see list_layer_stats
+    # `//`, not `/`: SQLAlchemy renders `/` as true division on PostgreSQL.
+    stride = (n_max - 2) // (max_points - 1) + 1
     keep = or_(n_max <= max_points, (rn - 1) % stride == 0, rn == n)
     stmt = (
         select(
