@@ -772,6 +772,14 @@ def _selective_matches(session: Session, owner: str, field_filter: FieldFilter) 
     return list(session.scalars(matches))
 
 
+def _selected_ids(session: Session, owner: str, field_filter: FieldFilter) -> list[str] | None:
+    """The few jobs a range filter on a number matches (``_selective_matches``), or None
+    where the filter is no such range, or it matches too many to list."""
+    if field_filter.op not in _RANGE_OPS or field_filter.field.kind != "number":
+        return None
+    return _selective_matches(session, owner, field_filter)
+
+
 def _filter_conditions(
     session: Session, owner: str | None, filters: Sequence[FieldFilter], dialect: str
 ) -> list[ColumnElement[bool]]:
@@ -780,8 +788,7 @@ def _filter_conditions(
     (equalities through its GIN index, ranges while walking the jobs in page order)."""
     conditions: list[ColumnElement[bool]] = []
     for field_filter in filters:
-        ranged = field_filter.op in _RANGE_OPS and field_filter.field.kind == "number"
-        ids = _selective_matches(session, owner, field_filter) if ranged and owner else None
+        ids = _selected_ids(session, owner, field_filter) if owner else None
         if ids is not None:
             conditions.append(Job.id.in_(ids))
         else:
@@ -829,10 +836,7 @@ def _ids_by_field(
     ``job_field`` row, so that the walk in index order stops after a page (a filter on
     the document would be guessed selective by the planner, which then joins every
     matching job and sorts)."""
-    selected: list[list[str] | None] = []
-    for field_filter in filters:
-        ranged = field_filter.op in _RANGE_OPS and field_filter.field.kind == "number"
-        selected.append(_selective_matches(session, owner, field_filter) if ranged else None)
+    selected = [_selected_ids(session, owner, field_filter) for field_filter in filters]
     ids: list[str] = []
     if after is None or after.key is not None:
         valued = select(JobField.job_id).where(
