@@ -247,6 +247,51 @@ def gradient_columns(
     return stats, [series[i] for i in sorted(series)]
 
 
+def gradients(
+    *,
+    session: Session,
+    job: Job,
+    layer: Sequence[str],
+    stat: Sequence[str],
+    from_step: int | None,
+    to_step: int | None,
+    max_points: int,
+    as_columns: bool,
+) -> dict[str, Any]:
+    """The ``/gradients`` answer as plain data for orjson (numpy arrays included; the
+    non-finite values already spelled as ``service.kit.jsonnum`` says): each series as
+    point objects, or ``as_columns`` as one array per key."""
+    query: dict[str, Any] = {
+        "session": session,
+        "job": job,
+        "layer": layer,
+        "stat": stat,
+        "from_step": from_step,
+        "to_step": to_step,
+        "max_points": max_points,
+    }
+    if as_columns:
+        stats, columns = gradient_columns(**query)
+        return {
+            "job_id": job.id,
+            "stats": stats,
+            "format": "columns",
+            "series": [
+                {"layer_index": s.layer_index, "name": s.name, "kind": s.kind, "columns": s.columns}
+                for s in columns
+            ],
+        }
+    stats, series = gradient_series(**query)
+    return {
+        "job_id": job.id,
+        "stats": stats,
+        "series": [
+            {"layer_index": s.layer_index, "name": s.name, "kind": s.kind, "points": s.points}
+            for s in series
+        ],
+    }
+
+
 def histograms(
     *,
     session: Session,

@@ -105,27 +105,7 @@ def job_gradients(
     # whose per-value validation against the documented model cost more than the read;
     # and encoded by orjson, ~10x faster than the standard library's encoder on them (the
     # non-finite values are already the strings of service.kit.jsonnum).
-    if format == "columns":
-        stats, columns = telemetry.gradient_columns(
-            session=session,
-            job=job,
-            layer=layer,
-            stat=stat,
-            from_step=from_step,
-            to_step=to_step,
-            max_points=max_points,
-        )
-        body = {
-            "job_id": job.id,
-            "stats": stats,
-            "format": "columns",
-            "series": [
-                {"layer_index": s.layer_index, "name": s.name, "kind": s.kind, "columns": s.columns}
-                for s in columns
-            ],
-        }
-        return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
-    stats, series = telemetry.gradient_series(
+    body = telemetry.gradients(
         session=session,
         job=job,
         layer=layer,
@@ -133,15 +113,8 @@ def job_gradients(
         from_step=from_step,
         to_step=to_step,
         max_points=max_points,
+        as_columns=format == "columns",
     )
-    body = {
-        "job_id": job.id,
-        "stats": stats,
-        "series": [
-            {"layer_index": s.layer_index, "name": s.name, "kind": s.kind, "points": s.points}
-            for s in series
-        ],
-    }
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
 
 
